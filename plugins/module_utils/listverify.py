@@ -41,6 +41,7 @@ class ListVerdict(object):
         self.endorser = None
         self.sha256 = None
         self.state_changed = False
+        self.previous_version = None
         self.expired_images = []
 
     def refuse(self, reason):
@@ -59,6 +60,7 @@ class ListVerdict(object):
             "endorser": self.endorser,
             "sha256": self.sha256,
             "expired_images": list(self.expired_images),
+            "previous_version": self.previous_version,
             "metadata": None,
             "images": [],
         }
@@ -130,6 +132,8 @@ def verify_image_list(envelope, source, trust, registry, state=None, now=None, e
         verdict.refuse("expires %s before it was created %s" % (image_list.expires, image_list.created))
 
     if state is not None:
+        previous = state.get(image_list.identifier)
+        verdict.previous_version = previous["version"] if previous else None
         rollback = state.rollback_reason(image_list.identifier, image_list.version, verdict.sha256)
         if rollback:
             verdict.refuse(rollback)

@@ -1,0 +1,290 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The site approval policy and per-host selection.
+
+An image may run on a hypervisor only when it is endorsed (it comes from a verified list, see
+listverify) and approved (this module). The policy comes from inventory group vars:
+
+    vmic_policy:
+      new_images: accept        # or refuse: an image never approved before needs a rule by identifier
+      rules:
+        - action: approve
+          endorser: cern-it     # everything this endorser signs
+        - action: approve
+          vo: [atlas, cms]
+          arch: x86_64
+          clusters: [batch]     # scope: only hosts of these clusters select it
+        - action: deny
+          jmespath: "contains(\\"dc:title\\", 'test')"
+
+A rule matches when every criterion it gives matches (a list means any of its values). Criteria:
+endorser, identifier, vo, os, osversion, arch, hypervisor, format, list (list UUID), jmespath.
+Deny rules win over approve rules. Scope (clusters, subclusters) narrows where an approved image is
+selected; without scope an approved image is selected everywhere its hypervisor type and arch fit.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, PolicyError
+
+MAX_RULES = 1000
+CRITERIA = ("endorser", "identifier", "vo", "os", "osversion", "arch", "hypervisor", "format", "list", "jmespath")
+SCOPE = ("clusters", "subclusters")
+RULE_KEYS = ("action", "name") + CRITERIA + SCOPE
+_ARCH_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "i686": "i386", "i586": "i386"}
+
+
+def _jmespath():
+    try:
+        import jmespath  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise MissingDependencyError("the jmespath Python library is needed for jmespath policy rules (pip install jmespath)")
+    return jmespath
+
+
+def normalise_arch(value):
+    """One name per architecture (amd64 -> x86_64, arm64 -> aarch64)."""
+    if value is None:
+        return None
+    lowered = str(value).strip().lower()
+    return _ARCH_ALIASES.get(lowered, lowered)
+
+
+def _as_values(rule_name, key, value):
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise PolicyError("policy rule %s: %s is an empty list" % (rule_name, key))
+    for item in values:
+        if not isinstance(item, str) or not item or len(item) > 1024:
+            raise PolicyError("policy rule %s: %s must be a non-empty string or a list of them" % (rule_name, key))
+    if key == "arch":
+        return frozenset(normalise_arch(item) for item in values)
+    return frozenset(item.strip().casefold() for item in values)
+
+
+class Rule(object):
+    """One approve or deny rule."""
+
+    def __init__(self, index, spec):
+        if not isinstance(spec, dict):
+            raise PolicyError("policy rule %d is not a mapping" % index)
+        self.name = spec.get("name") or "#%d" % index
+        if not isinstance(self.name, str):
+            raise PolicyError("policy rule %d: name must be a string" % index)
+        unknown = sorted(set(spec) - set(RULE_KEYS))
+        if unknown:
+            raise PolicyError("policy rule %s: unknown keys %s (allowed: %s)" % (self.name, ", ".join(unknown), ", ".join(RULE_KEYS)))
+        self.action = spec.get("action")
+        if self.action not in ("approve", "deny"):
+            raise PolicyError("policy rule %s: action must be approve or deny, not %r" % (self.name, self.action))
+        self.criteria = {}
+        for key in CRITERIA:
+            if key in spec and key != "jmespath":
+                self.criteria[key] = _as_values(self.name, key, spec[key])
+        self.expression = None
+        if "jmespath" in spec:
+            if not isinstance(spec["jmespath"], str) or not spec["jmespath"].strip():
+                raise PolicyError("policy rule %s: jmespath must be a non-empty string" % self.name)
+            jmespath = _jmespath()
+            try:
+                self.expression = jmespath.compile(spec["jmespath"])
+            except jmespath.exceptions.JMESPathError as exc:
+                raise PolicyError("policy rule %s: jmespath %r does not compile: %s" % (self.name, spec["jmespath"], exc))
+        if not self.criteria and self.expression is None:
+            raise PolicyError("policy rule %s: gives no criterion (one of %s)" % (self.name, ", ".join(CRITERIA)))
+        self.scope = {}
+        for key in SCOPE:
+            if key in spec:
+                if self.action == "deny":
+                    raise PolicyError("policy rule %s: %s applies to approve rules only" % (self.name, key))
+                self.scope[key] = _as_values(self.name, key, spec[key])
+
+    def matches(self, candidate):
+        """True when every criterion of the rule matches the candidate image."""
+        for key, allowed in self.criteria.items():
+            value = candidate.facts.get(key)
+            if value is None or value not in allowed:
+                return False
+        if self.expression is not None:
+            try:
+                return bool(self.expression.search(candidate.document))
+            except Exception as exc:  # a JMESPath runtime error on odd metadata: no match, reported
+                candidate.notes.append("rule %s: jmespath failed: %s" % (self.name, exc))
+                return False
+        return True
+
+    def describe(self):
+        """``approve rule NAME`` for reasons."""
+        return "%s rule %s" % (self.action, self.name)
+
+
+class Policy(object):
+    """The site approval policy, built from the ``vmic_policy`` inventory variable."""
+
+    def __init__(self, spec):
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise PolicyError("the policy must be a mapping with rules and new_images")
+        unknown = sorted(set(spec) - {"rules", "new_images"})
+        if unknown:
+            raise PolicyError("policy: unknown keys %s" % ", ".join(unknown))
+        self.new_images = spec.get("new_images", "accept")
+        if self.new_images not in ("accept", "refuse"):
+            raise PolicyError("policy: new_images must be accept or refuse, not %r" % (self.new_images,))
+        rules = spec.get("rules", [])
+        if not isinstance(rules, list):
+            raise PolicyError("policy: rules must be a list")
+        if len(rules) > MAX_RULES:
+            raise PolicyError("policy: more than %d rules" % MAX_RULES)
+        self.rules = [Rule(index, rule) for index, rule in enumerate(rules, 1)]
+
+
+class Candidate(object):
+    """An endorsed image with the facts rules look at."""
+
+    def __init__(self, image, list_identifier, endorser):
+        self.image = image
+        self.identifier = image["dc:identifier"].lower()
+        self.list_identifier = list_identifier
+        self.endorser = endorser
+        self.notes = []
+        self.facts = {
+            "endorser": (endorser or "").casefold() or None,
+            "identifier": self.identifier,
+            "list": list_identifier.lower(),
+        }
+        for key, field in (("vo", "ad:vo"), ("os", "sl:os"), ("osversion", "sl:osversion"), ("hypervisor", "hv:hypervisor"),
+                           ("format", "hv:format")):
+            value = image.get(field)
+            self.facts[key] = value.strip().casefold() if isinstance(value, str) and value.strip() else None
+        self.facts["arch"] = normalise_arch(image.get("sl:arch")) if image.get("sl:arch") else None
+        self.document = dict(image)
+        self.document["vmic:list"] = list_identifier
+        self.document["vmic:endorser"] = endorser
+
+
+class Decision(object):
+    """Whether one image is approved, why, and where it may be selected."""
+
+    def __init__(self, candidate):
+        self.candidate = candidate
+        self.approved = False
+        self.reasons = []
+        self.scope = {}
+
+    def to_dict(self):
+        """Plain data for module results."""
+        image = self.candidate.image
+        return {
+            "identifier": self.candidate.identifier,
+            "title": image.get("dc:title"),
+            "version": image.get("hv:version"),
+            "list": self.candidate.list_identifier,
+            "endorser": self.candidate.endorser,
+            "approved": self.approved,
+            "reasons": self.reasons + self.candidate.notes,
+            "scope": dict((key, sorted(values)) for key, values in self.scope.items()),
+        }
+
+
+def _decide(policy, candidate, known):
+    decision = Decision(candidate)
+    denies = [rule for rule in policy.rules if rule.action == "deny" and rule.matches(candidate)]
+    approves = [rule for rule in policy.rules if rule.action == "approve" and rule.matches(candidate)]
+    if denies:
+        decision.reasons.append("denied by %s" % ", ".join(rule.describe() for rule in denies))
+        return decision
+    if not approves:
+        decision.reasons.append("no approve rule matches")
+        return decision
+    if policy.new_images == "refuse" and candidate.identifier not in known:
+        explicit = [rule for rule in approves if "identifier" in rule.criteria]
+        if not explicit:
+            decision.reasons.append("new image: not approved before, and new_images is refuse (approve it by identifier)")
+            return decision
+        approves = explicit
+    decision.approved = True
+    decision.reasons.append("approved by %s" % ", ".join(rule.describe() for rule in approves))
+    for key in SCOPE:
+        scoped = [rule.scope.get(key) for rule in approves]
+        if all(values is not None for values in scoped):
+            decision.scope[key] = frozenset().union(*scoped)
+    return decision
+
+
+def evaluate(policy, verified_lists, known=(), now=None):
+    """Decide on every image of every valid list.
+
+    ``verified_lists`` are listverify results (dicts with valid, endorser, metadata, images,
+    expired_images). Images from refused lists are never considered. Returns a list of Decisions.
+    """
+    known = frozenset(item.lower() for item in known)
+    decisions, owners = [], {}
+    for entry in verified_lists:
+        if not isinstance(entry, dict) or not entry.get("valid"):
+            continue
+        metadata = entry.get("metadata") or {}
+        list_identifier = metadata.get("dc:identifier", "")
+        expired = frozenset(entry.get("expired_images") or ())
+        for image in entry.get("images") or []:
+            candidate = Candidate(image, list_identifier, entry.get("endorser"))
+            owners.setdefault(candidate.identifier, []).append(list_identifier)
+            if candidate.identifier in expired:
+                decision = Decision(candidate)
+                decision.reasons.append("image expired %s" % image.get("dc:date:expires"))
+            else:
+                decision = _decide(policy, candidate, known)
+            decisions.append(decision)
+    for decision in decisions:
+        lists = owners[decision.candidate.identifier]
+        if len(lists) > 1:
+            decision.approved = False
+            decision.reasons.append("identifier claimed by %d lists (%s): refused everywhere" % (len(lists), ", ".join(lists)))
+    return decisions
+
+
+class HostProfile(object):
+    """What a hypervisor is, from its inventory: cluster, subcluster, hypervisor type, arch."""
+
+    def __init__(self, name, spec):
+        if not isinstance(spec, dict):
+            raise PolicyError("host %s: its profile must be a mapping" % name)
+        unknown = sorted(set(spec) - {"cluster", "subcluster", "hypervisor", "arch"})
+        if unknown:
+            raise PolicyError("host %s: unknown profile keys %s" % (name, ", ".join(unknown)))
+        self.name = name
+        self.cluster = _fold(spec.get("cluster"))
+        self.subcluster = _fold(spec.get("subcluster"))
+        self.hypervisor = _fold(spec.get("hypervisor"))
+        self.arch = normalise_arch(spec.get("arch"))
+
+    def selects(self, decision):
+        """True when the approved image is meant for this host."""
+        if not decision.approved:
+            return False
+        facts = decision.candidate.facts
+        if "clusters" in decision.scope and self.cluster not in decision.scope["clusters"]:
+            return False
+        if "subclusters" in decision.scope and self.subcluster not in decision.scope["subclusters"]:
+            return False
+        if self.hypervisor and facts.get("hypervisor") and facts["hypervisor"] != self.hypervisor:
+            return False
+        if self.arch and facts.get("arch") and facts["arch"] != self.arch:
+            return False
+        return True
+
+
+def _fold(value):
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    return value.strip().casefold() or None
+
+
+def select(decisions, hosts):
+    """Per host name, the sorted identifiers of the approved images it selects."""
+    profiles = [HostProfile(name, spec or {}) for name, spec in sorted(hosts.items())]
+    return dict((profile.name, sorted(d.candidate.identifier for d in decisions if profile.selects(d))) for profile in profiles)

@@ -1,0 +1,227 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The endorser side: from a catalogue source to a signed image list.
+
+A catalogue source is plain data (YAML in a file, or a dict):
+
+    list:                       # list-level HEPiX fields
+      dc:identifier: 2c8b6f3e-...
+      dc:title: Example images
+      hv:uri: https://repo.example.org/lists/example.list
+    endorser:                   # optional hv:x509 extras; hv:dn and hv:ca come from the certificate
+      dc:creator: Example Endorser
+      hv:email: images@example.org
+    images:
+      - dc:identifier: 6f1e...
+        dc:title: Debian 12 base
+        hv:uri: https://repo.example.org/images/debian12.qcow2
+        hv:version: "20261101"
+        file: /srv/images/debian12.qcow2   # hashed here; or give sl:checksum:sha512 and hv:size
+
+``hv:version`` of the list is bumped only when the content changes, so a second run with the same
+source changes nothing; the list is re-signed (and bumped) when it is about to expire.
+"""
+
+from __future__ import annotations
+
+import email
+import hashlib
+import json
+import os
+import time
+
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited
+from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import (
+    MAX_LIST_BYTES, build_image_list, parse_image_list)
+from ansible_collections.vmic.fleet.plugins.module_utils.smime import check_signing_certificate, sign_detached
+
+MAX_CATALOGUE_BYTES = 4 * 1024 * 1024
+MAX_CERT_BYTES = 256 * 1024
+HASH_CHUNK = 4 * 1024 * 1024
+# Fields the signer computes; a catalogue may not set them for the list.
+COMPUTED_LIST_FIELDS = ("hv:version", "dc:date:created", "dc:date:expires", "hv:endorser", "hv:images")
+
+
+def hash_file(path):
+    """sha512 (hex) and size of a file, read in chunks."""
+    digest, size = hashlib.sha512(), 0
+    try:
+        with open(path, "rb") as handle:
+            while True:
+                chunk = handle.read(HASH_CHUNK)
+                if not chunk:
+                    break
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise ImageListError("image file %s: %s" % (path, exc.strerror or exc))
+    return digest.hexdigest(), size
+
+
+def load_catalogue(path):
+    """Read a YAML catalogue source with a size limit."""
+    try:
+        import yaml  # pylint: disable=import-outside-toplevel
+    except ImportError:
+        raise VmicError("catalogue %s: PyYAML is needed to read catalogue files" % path)
+    data = read_limited(path, MAX_CATALOGUE_BYTES, "catalogue %s" % path)
+    try:
+        return yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise ImageListError("catalogue %s: not valid YAML: %s" % (path, exc))
+
+
+def signed_content(envelope):
+    """The signed part of an S/MIME envelope we wrote earlier (for comparison only, never trusted)."""
+    message = email.message_from_bytes(envelope)
+    if not message.is_multipart():
+        return None
+    parts = message.get_payload()
+    if not parts:
+        return None
+    payload = parts[0].get_payload(decode=True)
+    return payload
+
+
+def _normalise_images(images, where, hasher):
+    if not isinstance(images, list) or not images:
+        raise ImageListError("catalogue %s: images must be a non-empty list" % where)
+    result = []
+    for index, spec in enumerate(images):
+        if not isinstance(spec, dict):
+            raise ImageListError("catalogue %s: image %d is not a mapping" % (where, index))
+        image = dict((key, value) for key, value in spec.items() if key != "file")
+        if "file" in spec:
+            sha512, size = hasher(spec["file"])
+            for key, value in (("sl:checksum:sha512", sha512), ("hv:size", size)):
+                if key in spec and str(spec[key]) != str(value):
+                    raise ImageListError("catalogue %s: image %s: %s %s given, but file %s has %s"
+                                         % (where, spec.get("dc:identifier", index), key, spec[key], spec["file"], value))
+            image["sl:checksum:sha512"] = sha512
+            image["hv:size"] = size
+        if "hv:version" in image:
+            image["hv:version"] = str(image["hv:version"])
+        result.append(image)
+    return result
+
+
+class SignPlan(object):
+    """What signing would do: the new envelope (if any) and why."""
+
+    def __init__(self):
+        self.changed = False
+        self.reason = None
+        self.envelope = None
+        self.image_list = None
+        self.previous_version = None
+        self.previous = None
+
+
+def _load_private_key_pem(key_pem, passphrase, where):
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=passphrase.encode("utf-8") if passphrase else None)
+    except (ValueError, TypeError) as exc:
+        raise SignatureError("private key %s: cannot be loaded: %s" % (where, exc))
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _certificate_names(cert_pem, where):
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from ansible_collections.vmic.fleet.plugins.module_utils.dn import dn_from_x509_name  # pylint: disable=import-outside-toplevel
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise SignatureError("certificate %s: cannot be loaded: %s" % (where, exc))
+    return dn_from_x509_name(cert.subject), dn_from_x509_name(cert.issuer)
+
+
+def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_passphrase=None, chain_paths=(),
+                     digest="sha256", lifetime_days=28, renew_before_days=7, now=None, hasher=hash_file, image_hook=None):
+    """Compute the signed list for a catalogue; sign only when the content changed or renewal is due.
+
+    ``existing`` is the envelope currently at the destination (bytes) or None.
+    ``image_hook(images)`` may add fields (the torrent fields) to the normalised images.
+    """
+    now = int(time.time() if now is None else now)
+    if not isinstance(catalogue, dict):
+        raise ImageListError("catalogue %s: must be a mapping with list, endorser and images" % where)
+    unknown = sorted(set(catalogue) - {"list", "endorser", "images"})
+    if unknown:
+        raise ImageListError("catalogue %s: unknown keys %s" % (where, ", ".join(unknown)))
+    metadata = dict(catalogue.get("list") or {})
+    bad = [key for key in COMPUTED_LIST_FIELDS if key in metadata]
+    if bad:
+        raise ImageListError("catalogue %s: list fields %s are computed by the signer" % (where, ", ".join(bad)))
+    images = _normalise_images(catalogue.get("images"), where, hasher)
+    if image_hook is not None:
+        images = image_hook(images)
+
+    cert_pem = read_limited(cert_path, MAX_CERT_BYTES, "certificate %s" % cert_path)
+    key_pem = _load_private_key_pem(read_limited(key_path, MAX_CERT_BYTES, "private key %s" % key_path), key_passphrase, key_path)
+    chain_pems = [read_limited(path, MAX_CERT_BYTES, "chain certificate %s" % path) for path in chain_paths]
+    problems = check_signing_certificate(cert_pem, key_pem)
+    if problems:
+        raise SignatureError("certificate %s cannot sign image lists: %s" % (cert_path, "; ".join(problems)))
+    subject, issuer = _certificate_names(cert_pem, cert_path)
+    endorser = dict(catalogue.get("endorser") or {})
+    for key, actual in (("hv:dn", subject), ("hv:ca", issuer)):
+        if key in endorser and canonical_dn(endorser[key]) != actual:
+            raise SignatureError("certificate %s is not the list's endorser: its %s is %s, the catalogue says %s"
+                                 % (cert_path, "subject" if key == "hv:dn" else "issuer", actual, canonical_dn(endorser[key])))
+    endorser["hv:dn"], endorser["hv:ca"] = subject, issuer
+
+    plan = SignPlan()
+    version = 1
+    if existing is not None:
+        previous = None
+        try:
+            content = signed_content(existing)
+            previous = parse_image_list(content, "existing %s" % where, MAX_LIST_BYTES) if content else None
+        except (ImageListError, ValueError):
+            previous = None
+        if previous is not None:
+            plan.previous_version = previous.version
+            plan.previous = previous
+            if not previous.version.isdigit():
+                raise ImageListError("existing list %s: hv:version %r is not an integer; cannot bump it" % (where, previous.version))
+            version = int(previous.version) + 1
+            candidate = build_image_list(metadata, endorser, images, previous.version, previous.created_epoch, previous.expires_epoch)
+            same = candidate.to_json_bytes() == previous.to_json_bytes()
+            renew_due = previous.expires_epoch - now < renew_before_days * 86400
+            if same and not renew_due:
+                plan.image_list = previous
+                plan.reason = "unchanged (version %s, expires %s)" % (previous.version, previous.expires)
+                return plan
+            plan.reason = "renewal due: expires %s" % previous.expires if same else "content changed"
+        else:
+            plan.reason = "existing file is not a list this signer can read; replaced"
+    else:
+        plan.reason = "new list"
+    plan.image_list = build_image_list(metadata, endorser, images, version, now, now + lifetime_days * 86400)
+    plan.envelope = sign_detached(plan.image_list.to_json_bytes(), cert_pem, key_pem, digest=digest, chain_pems=chain_pems)
+    plan.changed = True
+    return plan
+
+
+def image_summary(image_list):
+    """A short, stable view of a list for diffs: version and one line per image."""
+    lines = ["hv:version: %s" % image_list.version]
+    for image in sorted(image_list.images, key=lambda item: item.identifier):
+        lines.append("%s %s %s %s" % (image.identifier, image.version, image.size, image.sha512[:16]))
+    return "\n".join(lines) + "\n"
+
+
+def dumps_metadata(image_list):
+    """List metadata as compact JSON (for logs)."""
+    return json.dumps(image_list.metadata(), sort_keys=True)
+
+
+def existing_envelope(path):
+    """The envelope at ``path`` or None."""
+    if not os.path.exists(path):
+        return None
+    return read_limited(path, MAX_LIST_BYTES * 2, "signed list %s" % path)

@@ -1,0 +1,217 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: imagelist_sign
+short_description: Build and sign a HEPiX image list from a catalogue source
+version_added: 0.1.0
+description:
+  - Endorser side. Reads a catalogue source (YAML file or data - list metadata and images, each image
+    with a C(file) to hash or with C(sl:checksum:sha512) and C(hv:size) given) and writes a HEPiX image
+    list signed as detached S/MIME (C(multipart/signed)), readable by C(openssl smime -verify),
+    vmcatcher, atrope and cloudkeeper.
+  - C(hv:dn) and C(hv:ca) are taken from the signing certificate. A certificate whose subject or issuer
+    differs from the C(hv:dn)/C(hv:ca) the catalogue names, that lacks the digitalSignature key usage,
+    that is not valid now, or that does not match the key, is refused.
+  - C(hv:version) is bumped only when the content changes, so a second run with the same source
+    changes nothing. C(dc:date:created) and C(dc:date:expires) are set from O(lifetime_days); the list is
+    re-signed (and bumped) when less than O(renew_before_days) remain.
+  - The signed list is written atomically; a failed run leaves the previous list in place.
+author:
+  - vmic.fleet contributors
+requirements:
+  - the C(cryptography) Python library
+  - PyYAML when O(catalogue) is a file
+options:
+  catalogue:
+    description: Path of the YAML catalogue source.
+    type: path
+  catalogue_data:
+    description: The catalogue source as data (same structure as the YAML file).
+    type: dict
+  dest:
+    description: Path of the signed image list to write.
+    type: path
+    required: true
+  cert:
+    description: PEM certificate of the endorser.
+    type: path
+    required: true
+  key:
+    description: PEM private key of the endorser.
+    type: path
+    required: true
+  key_passphrase:
+    description: Passphrase of O(key), if it is encrypted.
+    type: str
+  chain:
+    description: PEM files of intermediate CA certificates to include in the signature.
+    type: list
+    elements: path
+    default: []
+  digest:
+    description: Digest algorithm of the signature.
+    type: str
+    choices: [sha256, sha384, sha512]
+    default: sha256
+  lifetime_days:
+    description: Days from signing until C(dc:date:expires).
+    type: int
+    default: 28
+  renew_before_days:
+    description: Re-sign an unchanged list when fewer than this many days remain before it expires.
+    type: int
+    default: 7
+  mode:
+    description: File mode of O(dest).
+    type: raw
+    default: "0644"
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether the list would be re-signed and the version it would get.
+  diff_mode:
+    support: full
+    description: Shows the list version and its images (identifier, version, size, digest prefix) before and after.
+"""
+
+EXAMPLES = r"""
+- name: Sign the site's base image list
+  vmic.fleet.imagelist_sign:
+    catalogue: /srv/catalogues/base.yml
+    dest: /srv/repo/lists/base.list
+    cert: /etc/vmic/endorser/cert.pem
+    key: /etc/vmic/endorser/key.pem
+    lifetime_days: 28
+
+- name: Sign from inline data
+  vmic.fleet.imagelist_sign:
+    catalogue_data:
+      list:
+        dc:identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+        dc:title: Demo images
+        hv:uri: https://repo.example.org/lists/demo.list
+      images:
+        - dc:identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
+          dc:title: Debian 12
+          hv:uri: https://repo.example.org/images/debian12.qcow2
+          hv:version: "1"
+          sl:arch: x86_64
+          sl:os: Linux
+          hv:hypervisor: kvm
+          file: /srv/images/debian12.qcow2
+    dest: /srv/repo/lists/demo.list
+    cert: cert.pem
+    key: key.pem
+"""
+
+RETURN = r"""
+version:
+  description: C(hv:version) of the list at O(dest) after the run (or that it would have, in check mode).
+  returned: success
+  type: str
+previous_version:
+  description: C(hv:version) of the list that was at O(dest) before, if any.
+  returned: success
+  type: str
+reason:
+  description: Why the list was (or was not) signed again.
+  returned: success
+  type: str
+  sample: content changed
+identifier:
+  description: C(dc:identifier) of the list.
+  returned: success
+  type: str
+expires:
+  description: C(dc:date:expires) of the list.
+  returned: success
+  type: str
+images:
+  description: The images as signed.
+  returned: success
+  type: list
+  elements: dict
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
+    existing_envelope, image_summary, load_catalogue, plan_signed_list)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            catalogue=dict(type="path"),
+            catalogue_data=dict(type="dict"),
+            dest=dict(type="path", required=True),
+            cert=dict(type="path", required=True),
+            key=dict(type="path", required=True, no_log=False),
+            key_passphrase=dict(type="str", no_log=True),
+            chain=dict(type="list", elements="path", default=[]),
+            digest=dict(type="str", choices=["sha256", "sha384", "sha512"], default="sha256"),
+            lifetime_days=dict(type="int", default=28),
+            renew_before_days=dict(type="int", default=7),
+            mode=dict(type="raw", default="0644"),
+        ),
+        mutually_exclusive=[("catalogue", "catalogue_data")],
+        required_one_of=[("catalogue", "catalogue_data")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["lifetime_days"] < 1 or params["renew_before_days"] < 0 or params["renew_before_days"] >= params["lifetime_days"]:
+        module.fail_json(msg="lifetime_days must be at least 1 and renew_before_days between 0 and lifetime_days - 1")
+    try:
+        mode = int(str(params["mode"]), 8)
+    except ValueError:
+        module.fail_json(msg="mode %r is not an octal file mode" % (params["mode"],))
+    try:
+        if params["catalogue"]:
+            catalogue, where = load_catalogue(params["catalogue"]), params["catalogue"]
+        else:
+            catalogue, where = params["catalogue_data"], "(catalogue_data)"
+        existing = existing_envelope(params["dest"])
+        plan = plan_signed_list(catalogue, where, params["cert"], params["key"], existing=existing,
+                                key_passphrase=params["key_passphrase"], chain_paths=params["chain"], digest=params["digest"],
+                                lifetime_days=params["lifetime_days"], renew_before_days=params["renew_before_days"])
+        if plan.changed and not module.check_mode:
+            write_atomic(params["dest"], plan.envelope, mode)
+    except VmicError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg="signed list %s: %s" % (params["dest"], exc))
+
+    image_list = plan.image_list
+    result = dict(
+        changed=plan.changed,
+        version=image_list.version,
+        previous_version=plan.previous_version,
+        reason=plan.reason,
+        identifier=image_list.identifier,
+        expires=image_list.expires,
+        images=[image.to_dict() for image in image_list.images],
+    )
+    if plan.changed and not module.check_mode and os.path.exists(params["dest"]):
+        result["dest"] = params["dest"]
+    if module._diff:
+        result["diff"] = {
+            "before_header": params["dest"],
+            "after_header": params["dest"],
+            "before": image_summary(plan.previous) if plan.previous is not None else "",
+            "after": image_summary(image_list),
+        }
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
