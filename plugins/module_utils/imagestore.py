@@ -1,0 +1,252 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The image store on a hypervisor.
+
+Layout (``store_dir``, one filesystem so that every move is a rename)::
+
+    <store_dir>/<identifier>/<version>/<file name>   the verified image, read-only (0444)
+    <store_dir>/<identifier>/<version>.json          its signed metadata + verification record
+    <store_dir>/<identifier>/current                 symlink -> <version>/<file name>
+    <store_dir>/.partial/<identifier>/<version>/      downloads in progress (the engine writes here)
+    <archive_dir>/<identifier>/<version>/...          retired images, when retiring by archive
+
+An image is in the store exactly when its ``<version>.json`` exists: the file is verified (size and
+sha512 of every byte) in ``.partial``, renamed into place, then the metadata is written atomically and
+``current`` is switched atomically. Nothing half-written is ever visible outside ``.partial``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import time
+
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import fsync_dir, read_limited, write_atomic
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError
+
+PARTIAL = ".partial"
+META_SUFFIX = ".json"
+CURRENT = "current"
+HASH_CHUNK = 4 * 1024 * 1024
+MAX_META_BYTES = 1024 * 1024
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+:~_-]{0,63}$")
+
+
+def file_digest(path):
+    """sha512 (hex) and size of a file, read in chunks."""
+    digest, size = hashlib.sha512(), 0
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(HASH_CHUNK)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def open_paths(paths):
+    """The subset of ``paths`` that some process holds open (scans /proc/*/fd and /proc/*/maps)."""
+    wanted = set(os.path.realpath(path) for path in paths)
+    found = set()
+    if not wanted or not os.path.isdir("/proc"):
+        return found
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = os.path.join("/proc", pid, "fd")
+        try:
+            for fd in os.listdir(fd_dir):
+                try:
+                    target = os.readlink(os.path.join(fd_dir, fd))
+                except OSError:
+                    continue
+                if target in wanted:
+                    found.add(target)
+        except OSError:
+            continue
+    return found
+
+
+def _check_names(identifier, version):
+    if not _UUID_RE.match(identifier):
+        raise StoreError("image identifier %r is not a lower-case UUID" % (identifier,))
+    if not _VERSION_RE.match(version) or version in (".", ".."):
+        raise StoreError("image %s: version %r cannot name a directory" % (identifier, version))
+
+
+class StoredImage(object):
+    """An image the store holds (its metadata file exists)."""
+
+    def __init__(self, store, identifier, version, meta):
+        self.store = store
+        self.identifier = identifier
+        self.version = version
+        self.meta = meta
+        self.name = meta.get("name")
+
+    @property
+    def path(self):
+        """Path of the image file."""
+        return os.path.join(self.store.store_dir, self.identifier, self.version, self.name)
+
+    def to_dict(self):
+        """Plain data for module results."""
+        return {
+            "identifier": self.identifier,
+            "version": self.version,
+            "path": self.path,
+            "size": self.meta.get("size"),
+            "sha512": self.meta.get("sha512"),
+            "list": self.meta.get("list"),
+            "title": self.meta.get("title"),
+            "verified_at": self.meta.get("verified_at"),
+            "btih_v1": self.meta.get("btih_v1"),
+        }
+
+
+class ImageStore(object):
+    """The verified images of one hypervisor."""
+
+    def __init__(self, store_dir, archive_dir=None):
+        self.store_dir = os.path.abspath(store_dir)
+        self.archive_dir = os.path.abspath(archive_dir) if archive_dir else None
+
+    def ensure(self):
+        """Create the store and its partial area (mode 0755 / 0750)."""
+        for path, mode in ((self.store_dir, 0o755), (os.path.join(self.store_dir, PARTIAL), 0o750)):
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=mode)
+
+    def partial_dir(self, identifier, version):
+        """Where the engine downloads this image to."""
+        _check_names(identifier, version)
+        return os.path.join(self.store_dir, PARTIAL, identifier, version)
+
+    def final_dir(self, identifier, version):
+        """Where the verified image lives."""
+        _check_names(identifier, version)
+        return os.path.join(self.store_dir, identifier, version)
+
+    def images(self):
+        """Every image in the store, sorted by identifier and version."""
+        result = []
+        if not os.path.isdir(self.store_dir):
+            return result
+        for identifier in sorted(os.listdir(self.store_dir)):
+            directory = os.path.join(self.store_dir, identifier)
+            if not _UUID_RE.match(identifier) or not os.path.isdir(directory):
+                continue
+            for entry in sorted(os.listdir(directory)):
+                if not entry.endswith(META_SUFFIX):
+                    continue
+                version = entry[:-len(META_SUFFIX)]
+                path = os.path.join(directory, entry)
+                try:
+                    meta = json.loads(read_limited(path, MAX_META_BYTES).decode("utf-8"))
+                except (ValueError, UnicodeDecodeError, OSError) as exc:
+                    raise StoreError("image store %s: metadata %s is unreadable: %s" % (self.store_dir, path, exc))
+                result.append(StoredImage(self, identifier, version, meta))
+        return result
+
+    def find(self, identifier, version):
+        """The stored image with this identifier and version, or None."""
+        for image in self.images():
+            if image.identifier == identifier and image.version == version:
+                return image
+        return None
+
+    def free_bytes(self):
+        """Bytes available to this process on the store's filesystem."""
+        self.ensure()
+        stat = os.statvfs(self.store_dir)
+        return stat.f_bavail * stat.f_frsize
+
+    def verify_partial(self, identifier, version, name, sha512, size):
+        """Check size and sha512 of a finished download; return None or the reason it is wrong."""
+        path = os.path.join(self.partial_dir(identifier, version), name)
+        try:
+            actual_size = os.path.getsize(path)
+        except OSError as exc:
+            return "image %s: downloaded file %s is missing: %s" % (identifier, path, exc.strerror)
+        if actual_size != size:
+            return "image %s: downloaded file has %d bytes, the signed list says %d" % (identifier, actual_size, size)
+        digest, _size = file_digest(path)
+        if not hmac.compare_digest(digest, sha512):
+            return "image %s: sha512 of the downloaded file does not match the signed list" % identifier
+        return None
+
+    def commit(self, identifier, version, name, meta):
+        """Publish a verified image: make it read-only, write its metadata, switch ``current``.
+
+        The file must already be in :meth:`final_dir` (the engine moved it there by a rename).
+        """
+        final = os.path.join(self.final_dir(identifier, version), name)
+        if not os.path.isfile(final):
+            raise StoreError("image %s: %s is not in place" % (identifier, final))
+        os.chmod(final, 0o444)
+        record = dict(meta)
+        record.update({"identifier": identifier, "version": version, "name": name,
+                       "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        directory = os.path.join(self.store_dir, identifier)
+        write_atomic(os.path.join(directory, version + META_SUFFIX),
+                     (json.dumps(record, sort_keys=True, indent=2) + "\n").encode("utf-8"), 0o644)
+        self._switch_current(directory, os.path.join(version, name))
+
+    @staticmethod
+    def _switch_current(directory, target):
+        link = os.path.join(directory, CURRENT)
+        tmp = os.path.join(directory, ".%s.%d" % (CURRENT, os.getpid()))
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+        fsync_dir(directory)
+
+    def in_use(self, images):
+        """The subset of stored images whose file some process holds open."""
+        busy = open_paths([image.path for image in images])
+        return [image for image in images if os.path.realpath(image.path) in busy]
+
+    def retire(self, image, mode="archive"):
+        """Remove an image from the store: archive (move) or delete it. Metadata goes first."""
+        directory = os.path.join(self.store_dir, image.identifier)
+        meta_path = os.path.join(directory, image.version + META_SUFFIX)
+        version_dir = os.path.join(directory, image.version)
+        if mode == "archive":
+            if not self.archive_dir:
+                raise StoreError("image %s: retiring by archive needs an archive directory" % image.identifier)
+            target = os.path.join(self.archive_dir, image.identifier)
+            if not os.path.isdir(target):
+                os.makedirs(target, mode=0o750)
+        os.unlink(meta_path)
+        link = os.path.join(directory, CURRENT)
+        if os.path.islink(link) and os.readlink(link).split(os.sep)[0] == image.version:
+            os.unlink(link)
+        if os.path.isdir(version_dir):
+            if mode == "archive":
+                destination = os.path.join(target, image.version)
+                if os.path.exists(destination):
+                    shutil.rmtree(destination)
+                shutil.move(version_dir, destination)
+                with open(destination + META_SUFFIX, "w") as handle:
+                    json.dump(image.meta, handle, sort_keys=True, indent=2)
+            else:
+                shutil.rmtree(version_dir)
+        fsync_dir(directory)
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+    def discard_partial(self, identifier, version):
+        """Delete a download in progress (after a verification failure)."""
+        path = self.partial_dir(identifier, version)
+        if os.path.isdir(path):
+            shutil.rmtree(path)

@@ -1,0 +1,263 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Converge one hypervisor to its approved, selected image set.
+
+verify the lists (listverify) -> approve (policy) -> select (this host's profile) -> plan
+-> for each image to add: fetch its .torrent, check its sha256 against the signed list, check the
+   torrent against the list (one file, safe name, size, info-hashes), hand it to the engine, which
+   downloads into the store's partial area
+-> wait with a deadline, writing progress -> check size and sha512 of every byte
+-> only when every download verified: rename each into the store, write its metadata, switch ``current``
+-> retire images no longer selected (archive or delete), never one that is open
+Any failure before the commit step leaves the store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, StoreError, TorrentError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, ImageStore
+from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
+from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate
+
+MAX_TORRENT_BYTES = 16 * 1024 * 1024
+MAX_LIST_BYTES = 16 * 1024 * 1024
+PROGRESS_FILE = "progress.json"
+
+
+class PlannedImage(object):
+    """One image this host should hold, from a verified list."""
+
+    def __init__(self, image, list_identifier):
+        self.image = image
+        self.identifier = image["dc:identifier"].lower()
+        self.version = str(image["hv:version"])
+        self.size = int(image["hv:size"])
+        self.sha512 = image["sl:checksum:sha512"]
+        self.list_identifier = list_identifier
+        self.key = None
+        self.name = None
+        self.started = None
+        self.finished = None
+        self.status = {}
+
+    def describe(self):
+        """``<identifier> <version> (<title>)``."""
+        return "%s %s (%s)" % (self.identifier, self.version, self.image.get("dc:title"))
+
+
+class SyncPlan(object):
+    """What converging would change."""
+
+    def __init__(self):
+        self.verdicts = []
+        self.desired = []
+        self.add = []
+        self.keep = []
+        self.retire = []
+
+    def to_dict(self):
+        """Plain data: identifiers and versions of each action."""
+        return {
+            "add": ["%s %s" % (p.identifier, p.version) for p in self.add],
+            "keep": ["%s %s" % (s.identifier, s.version) for s in self.keep],
+            "retire": ["%s %s" % (s.identifier, s.version) for s in self.retire],
+        }
+
+    def diff(self):
+        """before/after text for Ansible's diff: one line per image held."""
+        before = sorted("%s %s\n" % (s.identifier, s.version) for s in self.keep + self.retire)
+        after = sorted(["%s %s\n" % (s.identifier, s.version) for s in self.keep] + ["%s %s\n" % (p.identifier, p.version) for p in self.add])
+        return {"before": "".join(before), "after": "".join(after)}
+
+
+def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, record=True, https_ca_file=None, allow_http=False,
+                 timeout=30):
+    """Fetch and verify every subscribed list; returns listverify verdicts (refused lists included)."""
+    verdicts = []
+    for entry in lists:
+        source = entry["src"]
+        try:
+            envelope = fetch_bytes(source, MAX_LIST_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="image list")
+        except VmicError as exc:
+            verdict_result = {"source": source, "valid": False, "reasons": [str(exc)], "images": [], "metadata": None}
+            verdicts.append(verdict_result)
+            continue
+        verdict = verify_image_list(envelope, source, trust, registry, state=state, expected_identifier=entry.get("expected_identifier"),
+                                    allow_legacy_digests=allow_legacy_digests, record=record)
+        verdicts.append(verdict.to_result())
+    return verdicts
+
+
+def plan_sync(verdicts, policy, profile, store, known=()):
+    """Decide what to add, keep and retire for this host."""
+    plan = SyncPlan()
+    plan.verdicts = verdicts
+    decisions = evaluate(policy, verdicts, known=known)
+    host = HostProfile("this host", profile or {})
+    for decision in decisions:
+        if host.selects(decision):
+            plan.desired.append(PlannedImage(decision.candidate.image, decision.candidate.list_identifier))
+    held = store.images()
+    wanted = dict(((p.identifier, p.version), p) for p in plan.desired)
+    for stored in held:
+        planned = wanted.get((stored.identifier, stored.version))
+        if planned is not None and stored.meta.get("sha512") == planned.sha512:
+            plan.keep.append(stored)
+        else:
+            plan.retire.append(stored)
+    kept = set((s.identifier, s.version) for s in plan.keep)
+    plan.add = [p for p in plan.desired if (p.identifier, p.version) not in kept]
+    return plan
+
+
+def _torrent_for(planned, torrent_module, https_ca_file, timeout):
+    image = planned.image
+    uri = image.get("vmic:torrent")
+    if not uri:
+        raise TorrentError("image %s: the signed list gives no vmic:torrent" % planned.describe())
+    for field in ("vmic:torrent_sha256", "vmic:btih_v1", "vmic:btih_v2"):
+        if not image.get(field):
+            raise TorrentError("image %s: the signed list gives no %s" % (planned.describe(), field))
+    data = fetch_bytes(uri, MAX_TORRENT_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=True, what="torrent")
+    meta = torrent_module.check_torrent(data, expected_name=None, expected_size=planned.size, expected_v1=image["vmic:btih_v1"],
+                                        expected_v2=image["vmic:btih_v2"], expected_sha256=image["vmic:torrent_sha256"])
+    return data, meta
+
+
+def _write_progress(store, items, started):
+    progress = {
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "elapsed": round(time.time() - started, 1),
+        "images": [dict(identifier=p.identifier, version=p.version, progress=p.status.get("progress", 0.0),
+                        state=p.status.get("state"), total_done=p.status.get("total_done", 0), size=p.size) for p in items],
+    }
+    write_atomic(os.path.join(store.store_dir, PARTIAL, PROGRESS_FILE), json.dumps(progress).encode("utf-8"), 0o644)
+
+
+def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0):
+    """Download and verify every image to add; commit all only when all verified. Returns per-image results."""
+    if not plan.add:
+        return []
+    store.ensure()
+    need = sum(p.size for p in plan.add)
+    for planned in plan.add:
+        partial = os.path.join(store.partial_dir(planned.identifier, planned.version))
+        if os.path.isdir(partial):
+            for name in os.listdir(partial):
+                try:
+                    need -= min(os.path.getsize(os.path.join(partial, name)), planned.size)
+                except OSError:
+                    pass
+    free = store.free_bytes()
+    if need > free:
+        raise StoreError("image store %s: too little disk: %d bytes needed, %d free; nothing was changed" % (store.store_dir, need, free))
+
+    torrents = [(planned,) + _torrent_for(planned, torrent_module, https_ca_file, timeout) for planned in plan.add]
+    started = time.time()
+    for planned, data, meta in torrents:
+        partial = store.partial_dir(planned.identifier, planned.version)
+        if not os.path.isdir(partial):
+            os.makedirs(partial, mode=0o750)
+        planned.name = meta.name
+        planned.started = time.time()
+        planned.key = engine.add(data, partial)
+
+    failures = []
+    pending = list(plan.add)
+    while pending:
+        statuses = dict((s["key"], s) for s in engine.status())
+        for planned in list(pending):
+            status = statuses.get(planned.key)
+            if status is None:
+                failures.append("image %s: the engine lost the torrent" % planned.describe())
+                pending.remove(planned)
+                continue
+            planned.status = status
+            if status.get("error"):
+                failures.append("image %s: engine error: %s" % (planned.describe(), status["error"]))
+                pending.remove(planned)
+            elif status.get("total_done", 0) >= planned.size and status.get("state") in ("seeding", "finished"):
+                planned.finished = time.time()
+                pending.remove(planned)
+        _write_progress(store, plan.add, started)
+        if pending and time.time() > deadline:
+            failures.extend("image %s: not complete by the deadline (%.0f%%)" % (p.describe(), 100 * p.status.get("progress", 0.0))
+                            for p in pending)
+            break
+        if pending:
+            time.sleep(poll)
+
+    if not failures:
+        for planned in plan.add:
+            reason = store.verify_partial(planned.identifier, planned.version, planned.name, planned.sha512, planned.size)
+            if reason:
+                failures.append(reason)
+                engine.remove(planned.key, delete_files=True)
+                store.discard_partial(planned.identifier, planned.version)
+    if failures:
+        raise TransferFailed(failures, plan.add)
+
+    results = []
+    for planned in plan.add:
+        final = store.final_dir(planned.identifier, planned.version)
+        parent = os.path.dirname(final)
+        if not os.path.isdir(parent):
+            os.makedirs(parent, mode=0o755)
+        engine.move(planned.key, final)
+        _wait_moved(planned, final)
+        store.commit(planned.identifier, planned.version, planned.name, {
+            "sha512": planned.sha512, "size": planned.size, "list": planned.list_identifier, "title": planned.image.get("dc:title"),
+            "btih_v1": planned.image.get("vmic:btih_v1"), "btih_v2": planned.image.get("vmic:btih_v2"), "engine_key": planned.key,
+        })
+        status = planned.status
+        results.append({
+            "identifier": planned.identifier, "version": planned.version, "action": "added",
+            "seconds": round((planned.finished or time.time()) - planned.started, 2),
+            "bytes_from_peers": status.get("bytes_from_peers", 0), "bytes_from_web_seed": status.get("bytes_from_web_seed", 0),
+            "bytes_from_seeds": status.get("bytes_from_seeds", 0), "path": os.path.join(final, planned.name),
+        })
+    return results
+
+
+def _wait_moved(planned, final):
+    target = os.path.join(final, planned.name)
+    limit = time.time() + 60
+    while not os.path.isfile(target):
+        if time.time() > limit:
+            raise EngineError("image %s: the engine did not move it to %s" % (planned.describe(), final))
+        time.sleep(0.1)
+
+
+class TransferFailed(VmicError):
+    """Some downloads failed; nothing was committed."""
+
+    def __init__(self, failures, planned):
+        self.failures = failures
+        self.planned = planned
+        super(TransferFailed, self).__init__("; ".join(failures) + "; the image store was not changed")
+
+
+def retire(plan, store, engine, mode):
+    """Retire images no longer selected; never one that is open. Returns (retired, kept_in_use)."""
+    busy = set(id(image) for image in store.in_use(plan.retire))
+    retired, in_use = [], []
+    for image in plan.retire:
+        if id(image) in busy:
+            in_use.append({"identifier": image.identifier, "version": image.version, "path": image.path})
+            continue
+        key = image.meta.get("engine_key")
+        if key and engine is not None:
+            try:
+                engine.remove(key, delete_files=False)
+            except EngineError:
+                pass
+        store.retire(image, mode)
+        retired.append({"identifier": image.identifier, "version": image.version, "action": "retired (%s)" % mode})
+    return retired, in_use
