@@ -27,6 +27,8 @@ if [[ ! -x "${PYTHON}" ]]; then
 fi
 
 export PATH="${VENV}/bin:${PATH}"
+# ansible-test sets up the collection search path for the copy itself.
+unset ANSIBLE_COLLECTIONS_PATH ANSIBLE_COLLECTIONS_PATHS
 
 list_sources() {
     # NUL-separated paths, relative to ROOT, of the files that make up the working tree.

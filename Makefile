@@ -1,0 +1,93 @@
+# vmic.fleet — build and test entry points (repository root = collection root).
+#
+#   make venv         create .venv with the system python3 and install tests/requirements.txt
+#   make test         everything CI runs: $(TEST_TARGETS), stopping at the first failure
+#   make units        pytest tests/unit (options and markers: pytest.ini)
+#   make swarm        pytest tests/swarm: engines in network namespaces on this machine (root)
+#   make sanity       ansible-test sanity on a fresh copy of the working tree (tests/tools/ansible-test-sanity.sh)
+#   make lint         ansible-lint, profile and offline settings in .ansible-lint
+#   make integration  every tests/integration/targets/*/run.sh (tests/integration/run.sh)
+#   make clean        remove test output and caches (keeps .venv); `make distclean` removes .venv too
+#
+# Adding a suite: define its target below (depend on $(VENV_STAMP), and on collection-link if it
+# runs ansible against vmic.fleet), add it to .PHONY, and add it to TEST_TARGETS if CI must run it.
+# Extra arguments reach the tools through PYTEST_ARGS, SANITY_ARGS, LINT_ARGS and INTEGRATION_ARGS
+# (for example: make units PYTEST_ARGS='-k dn -x', make integration INTEGRATION_ARGS='rollout').
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+VENV ?= $(ROOT)/.venv
+VENV_BIN := $(VENV)/bin
+VENV_PYTHON := $(VENV_BIN)/python
+REQUIREMENTS := $(ROOT)/tests/requirements.txt
+CONSTRAINTS := $(ROOT)/tests/requirements-constraints.txt
+# The working tree as the collection vmic.fleet for Ansible (a symlink, as in tests/conftest.py;
+# only ansible-test needs a real copy, which tests/tools/ansible-test-sanity.sh makes).
+COLLECTIONS_DIR := $(ROOT)/.tmp/collections
+COLLECTION_LINK := $(COLLECTIONS_DIR)/ansible_collections/vmic/fleet
+# Records which requirement files the venv was last brought up to date with.
+VENV_STAMP := $(VENV)/.vmic-fleet-requirements.stamp
+
+PYTEST_ARGS ?=
+SANITY_ARGS ?=
+LINT_ARGS ?=
+INTEGRATION_ARGS ?=
+
+TEST_TARGETS := units sanity lint swarm integration
+
+# The tools of the venv come first for every recipe and every script they start.
+export PATH := $(VENV_BIN):$(PATH)
+export VENV
+# ansible, ansible-playbook and ansible-lint started from make resolve vmic.fleet.* to the working tree.
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_DIR)
+# Nothing is fetched at test time: the test machines reach only the package registries.
+export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: test venv collection-link units swarm sanity lint integration clean distclean
+
+test: $(TEST_TARGETS)
+	@echo "make test: all of $(TEST_TARGETS) passed"
+
+venv: $(VENV_STAMP)
+
+# Adds to an existing venv, never recreates it; re-runs when a requirement file changes.
+$(VENV_STAMP): $(REQUIREMENTS) $(CONSTRAINTS)
+	@if [[ ! -x "$(VENV_PYTHON)" ]]; then \
+	    echo "Creating $(VENV) with $$(command -v $(PYTHON)) ($$($(PYTHON) -V 2>&1))"; \
+	    $(PYTHON) -m venv "$(VENV)"; \
+	fi
+	"$(VENV_PYTHON)" -m pip install --quiet --requirement "$(REQUIREMENTS)" --constraint "$(CONSTRAINTS)"
+	"$(VENV_PYTHON)" -m pip check
+	@touch "$@"
+
+collection-link:
+	@mkdir -p "$(dir $(COLLECTION_LINK))"
+	@if [[ ! -e "$(COLLECTION_LINK)" ]]; then ln -sfn "$(ROOT)" "$(COLLECTION_LINK)"; fi
+
+units: $(VENV_STAMP)
+	cd "$(ROOT)" && "$(VENV_BIN)/pytest" tests/unit $(PYTEST_ARGS)
+
+swarm: $(VENV_STAMP) collection-link
+	cd "$(ROOT)" && "$(VENV_BIN)/pytest" tests/swarm $(PYTEST_ARGS)
+
+sanity: $(VENV_STAMP)
+	"$(ROOT)/tests/tools/ansible-test-sanity.sh" $(SANITY_ARGS)
+
+lint: $(VENV_STAMP) collection-link
+	cd "$(ROOT)" && "$(VENV_BIN)/ansible-lint" $(LINT_ARGS)
+
+integration: $(VENV_STAMP) collection-link
+	"$(ROOT)/tests/integration/run.sh" $(INTEGRATION_ARGS)
+
+clean:
+	rm -rf "$(ROOT)/.tmp" "$(ROOT)/tests/output" "$(ROOT)/.pytest_cache"
+	find "$(ROOT)" -path "$(VENV)" -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf "$(VENV)"

@@ -1,0 +1,139 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The small interface between ``image_sync`` and a BitTorrent engine daemon.
+
+``Engine`` is what callers use; ``LibtorrentEngineClient`` speaks to the libtorrent engine
+service (``engine_service.py``) over its unix socket: one JSON request per line, one JSON
+response per line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+
+Status dictionaries carry the fields of ``STATUS_FIELDS``; a torrent's key is its v1 info-hash
+(40 lower-case hex).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
+
+DEFAULT_SOCKET = "/run/vmic-engine/engine.sock"
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+STATES = ("checking", "downloading", "seeding", "paused", "error")
+
+STATUS_FIELDS = (
+    "key", "info_hash_v1", "info_hash_v2", "name", "save_dir", "state", "progress", "total_size", "total_done",
+    "bytes_from_peers", "bytes_from_web_seed", "bytes_from_seeds", "upload_total", "num_peers", "num_seeds",
+    "download_rate", "upload_rate", "hashfail_count", "banned_peers", "error", "added_at", "completed_at",
+)
+
+
+class Engine(object):
+    """A BitTorrent engine that downloads and keeps seeding single-file torrents."""
+
+    def add(self, torrent_data, save_dir, seed_mode=False):
+        """Add a torrent (bytes of the .torrent) saving into ``save_dir``; return its key (v1 info-hash hex).
+
+        ``seed_mode`` trusts that ``save_dir`` already holds the verified file (no hashing).
+        Adding a torrent that is already present returns its key and changes nothing.
+        """
+        raise EngineError("%s does not implement add" % type(self).__name__)
+
+    def status(self, key=None):
+        """One status dict per torrent (all torrents, or only ``key``)."""
+        raise EngineError("%s does not implement status" % type(self).__name__)
+
+    def move(self, key, dest_dir):
+        """Move the torrent's file into ``dest_dir`` (same filesystem: one rename); return when done."""
+        raise EngineError("%s does not implement move" % type(self).__name__)
+
+    def remove(self, key, delete_files=False):
+        """Stop and forget a torrent; with ``delete_files`` also delete its data."""
+        raise EngineError("%s does not implement remove" % type(self).__name__)
+
+
+class LibtorrentEngineClient(Engine):
+    """Client of the libtorrent engine service, one connection per request."""
+
+    def __init__(self, socket_path=DEFAULT_SOCKET, timeout=30):
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    def request(self, op, **fields):
+        """Send one request and return the response dict; raise EngineError on failure."""
+        message = dict(fields)
+        message["op"] = op
+        line = json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
+        if len(line) > MAX_REQUEST_BYTES:
+            raise EngineError("engine %s: %s request of %d bytes exceeds the limit of %d" % (self.socket_path, op, len(line), MAX_REQUEST_BYTES))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            try:
+                sock.connect(self.socket_path)
+                sock.sendall(line)
+                reply = self._read_line(sock)
+            except socket.timeout:
+                raise EngineError("engine %s: no answer to %s within %s s" % (self.socket_path, op, self.timeout))
+            except OSError as exc:
+                raise EngineError("engine %s: %s failed: %s" % (self.socket_path, op, exc.strerror or exc))
+        finally:
+            sock.close()
+        try:
+            response = json.loads(reply.decode("utf-8"))
+        except ValueError as exc:
+            raise EngineError("engine %s: %s: response is not JSON: %s" % (self.socket_path, op, exc))
+        if not isinstance(response, dict) or not isinstance(response.get("ok"), bool):
+            raise EngineError("engine %s: %s: malformed response" % (self.socket_path, op))
+        if not response["ok"]:
+            raise EngineError("engine %s: %s: %s" % (self.socket_path, op, response.get("error") or "unknown error"))
+        return response
+
+    def _read_line(self, sock):
+        chunks = []
+        total = 0
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise EngineError("engine %s: connection closed before a complete response" % self.socket_path)
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                chunks.append(chunk[:newline])
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_RESPONSE_BYTES:
+                raise EngineError("engine %s: response larger than %d bytes" % (self.socket_path, MAX_RESPONSE_BYTES))
+
+    def ping(self):
+        """Return the service's ping answer (version information); raise EngineError if unreachable."""
+        return self.request("ping")
+
+    def add(self, torrent_data, save_dir, seed_mode=False):
+        if not isinstance(torrent_data, (bytes, bytearray)):
+            raise EngineError("engine %s: add: torrent data is not bytes" % self.socket_path)
+        response = self.request(
+            "add",
+            torrent=base64.b64encode(bytes(torrent_data)).decode("ascii"),
+            save_dir=save_dir,
+            seed_mode=bool(seed_mode),
+        )
+        return response["key"]
+
+    def status(self, key=None):
+        fields = {} if key is None else {"key": key}
+        response = self.request("status", **fields)
+        torrents = response.get("torrents")
+        if not isinstance(torrents, list):
+            raise EngineError("engine %s: status: malformed response" % self.socket_path)
+        return torrents
+
+    def move(self, key, dest_dir):
+        self.request("move", key=key, dest_dir=dest_dir)
+
+    def remove(self, key, delete_files=False):
+        self.request("remove", key=key, delete_files=bool(delete_files))

@@ -1,0 +1,238 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: image_sync
+short_description: Converge a hypervisor to its approved, selected set of verified images
+version_added: 0.1.0
+description:
+  - Runs on a hypervisor, in one call - verifies the subscribed image lists (as M(vmic.fleet.imagelist_verify)),
+    applies the site policy and this host's profile (as M(vmic.fleet.image_policy)), then for every
+    image to add fetches its C(.torrent), checks its sha256 against the signed list and the torrent
+    against the list (one file, safe name, size, v1 and v2 info-hashes), hands it to the BitTorrent engine,
+    waits with a deadline while writing progress, checks size and sha512 of every byte, and moves the
+    images atomically into the store. Then it retires images no longer approved or selected (archive or
+    delete), never one that a process holds open.
+  - Any failure before the commit step leaves the store exactly as it was; verified partial data stays
+    in the store's C(.partial) area so the next run resumes.
+  - Suited to C(async)/C(poll) so every host downloads at once.
+  - Store layout - C(<store_dir>/<identifier>/<version>/<file>), metadata in
+    C(<store_dir>/<identifier>/<version>.json), C(<store_dir>/<identifier>/current) symlink, downloads
+    in C(<store_dir>/.partial/).
+author:
+  - vmic.fleet contributors
+requirements:
+  - the C(openssl) command and the C(cryptography) Python library (list verification)
+  - the libtorrent Python bindings (torrent checks) and a running engine service (M(vmic.fleet.image_info) shows it)
+options:
+  lists:
+    description: Subscribed image lists.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      src:
+        description: Path or URL of the signed list.
+        type: str
+        required: true
+      expected_identifier:
+        description: The list UUID of this subscription.
+        type: str
+  ca_path:
+    description: IGTF-layout directory of trust anchors. Exactly one of O(ca_path) and O(ca_file).
+    type: path
+  ca_file:
+    description: PEM bundle of trust anchors.
+    type: path
+  crl_file:
+    description: PEM CRLs to use with O(ca_file).
+    type: path
+  crl_check:
+    description: Require CRLs and refuse revoked certificates.
+    type: bool
+    default: true
+  endorsers:
+    description: Trusted endorsers (C(name), C(dn), C(ca), optional C(urls)), as for M(vmic.fleet.imagelist_verify).
+    type: list
+    elements: dict
+    required: true
+  policy:
+    description: The site policy, as for M(vmic.fleet.image_policy).
+    type: dict
+    required: true
+  profile:
+    description: This host's profile - C(cluster), C(subcluster), C(hypervisor), C(arch).
+    type: dict
+    default: {}
+  store_dir:
+    description: The image store.
+    type: path
+    default: /var/lib/vmic/images
+  state_dir:
+    description: Where accepted list versions are kept (rollback protection).
+    type: path
+    default: /var/lib/vmic/lists
+  retire:
+    description: What to do with images no longer approved or selected.
+    type: str
+    choices: [archive, delete]
+    default: archive
+  archive_dir:
+    description: Where retired images go with O(retire=archive).
+    type: path
+    default: /var/lib/vmic/archive
+  engine:
+    description: The engine to use - C(kind) (V(libtorrent) or V(rtorrent)) and C(socket) (its control socket).
+    type: dict
+    default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
+  timeout:
+    description: Seconds to wait for all downloads before giving up (nothing is committed then).
+    type: int
+    default: 3600
+  https_ca_file:
+    description: CA bundle to check HTTPS servers with.
+    type: path
+  allow_http:
+    description: Allow plain C(http://) list URLs. Torrents may always come over HTTP since their sha256 is signed.
+    type: bool
+    default: false
+  allow_legacy_digests:
+    description: Accept SHA-1 list signatures.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    description: Verifies the lists and reports the exact plan (add, keep, retire) without downloading or writing.
+  diff_mode:
+    support: full
+    description: Shows the images held (identifier and version) before and after.
+"""
+
+EXAMPLES = r"""
+- name: Converge this hypervisor
+  vmic.fleet.image_sync:
+    lists:
+      - src: https://repo.example.org/lists/base.list
+        expected_identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+    ca_path: /etc/grid-security/certificates
+    endorsers: "{{ vmic_endorsers }}"
+    policy: "{{ vmic_policy }}"
+    profile: "{{ vmic_profile }}"
+  async: 3600
+  poll: 10
+"""
+
+RETURN = r"""
+plan:
+  description: Identifiers and versions to add, keep and retire.
+  returned: always
+  type: dict
+images:
+  description: Per image added - identifier, version, seconds, bytes_from_peers, bytes_from_web_seed, bytes_from_seeds, path.
+  returned: always
+  type: list
+  elements: dict
+retired:
+  description: Images retired in this run.
+  returned: always
+  type: list
+  elements: dict
+in_use:
+  description: Images that should be retired but are open by a process; kept until a later run.
+  returned: always
+  type: list
+  elements: dict
+lists:
+  description: Verdict of each list (source, valid, reasons, version).
+  returned: always
+  type: list
+  elements: dict
+"""
+
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmic.fleet.plugins.module_utils.engine import engine_from_spec
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
+from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import TransferFailed, plan_sync, retire, transfer, verify_lists
+from ansible_collections.vmic.fleet.plugins.module_utils.liststate import ListStateStore
+from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy
+from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module
+from ansible_collections.vmic.fleet.plugins.module_utils.truststore import EndorserRegistry, TrustStore
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            lists=dict(type="list", elements="dict", required=True, options=dict(
+                src=dict(type="str", required=True),
+                expected_identifier=dict(type="str"),
+            )),
+            ca_path=dict(type="path"),
+            ca_file=dict(type="path"),
+            crl_file=dict(type="path"),
+            crl_check=dict(type="bool", default=True),
+            endorsers=dict(type="list", elements="dict", required=True),
+            policy=dict(type="dict", required=True),
+            profile=dict(type="dict", default={}),
+            store_dir=dict(type="path", default="/var/lib/vmic/images"),
+            state_dir=dict(type="path", default="/var/lib/vmic/lists"),
+            retire=dict(type="str", choices=["archive", "delete"], default="archive"),
+            archive_dir=dict(type="path", default="/var/lib/vmic/archive"),
+            engine=dict(type="dict", default={"kind": "libtorrent", "socket": "/run/vmic-engine/engine.sock"}),
+            timeout=dict(type="int", default=3600),
+            https_ca_file=dict(type="path"),
+            allow_http=dict(type="bool", default=False),
+            allow_legacy_digests=dict(type="bool", default=False),
+        ),
+        mutually_exclusive=[("ca_path", "ca_file")],
+        required_one_of=[("ca_path", "ca_file")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    deadline = time.time() + params["timeout"]
+    result = dict(changed=False, images=[], retired=[], in_use=[], lists=[], plan={})
+    try:
+        trust = TrustStore(ca_path=params["ca_path"], ca_file=params["ca_file"], crl_file=params["crl_file"], crl_check=params["crl_check"])
+        registry = EndorserRegistry(params["endorsers"])
+        policy = Policy(params["policy"])
+        store = ImageStore(params["store_dir"], params["archive_dir"])
+        state = ListStateStore(params["state_dir"])
+        verdicts = verify_lists(params["lists"], trust, registry, state, allow_legacy_digests=params["allow_legacy_digests"],
+                                record=not module.check_mode, https_ca_file=params["https_ca_file"], allow_http=params["allow_http"])
+        result["lists"] = [dict(source=v["source"], valid=v["valid"], reasons=v["reasons"],
+                                version=(v.get("metadata") or {}).get("hv:version")) for v in verdicts]
+        refused = [reason for v in verdicts if not v["valid"] for reason in v["reasons"]]
+        if refused:
+            module.fail_json(msg="refused image lists; the image store was not changed: " + "; ".join(refused), **result)
+        plan = plan_sync(verdicts, policy, params["profile"], store, known=[s.identifier for s in store.images()])
+        result["plan"] = plan.to_dict()
+        result["changed"] = bool(plan.add or plan.retire)
+        if module._diff:
+            result["diff"] = plan.diff()
+        if module.check_mode:
+            module.exit_json(**result)
+        engine = engine_from_spec(params["engine"]) if (plan.add or plan.retire) else None
+        result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"])
+        result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
+        if result["in_use"]:
+            module.warn("images kept because a process holds them open: %s"
+                        % ", ".join("%s %s" % (item["identifier"], item["version"]) for item in result["in_use"]))
+        result["changed"] = bool(result["images"] or result["retired"])
+    except TransferFailed as exc:
+        module.fail_json(msg=str(exc), **result)
+    except VmicError as exc:
+        module.fail_json(msg=str(exc), **result)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
