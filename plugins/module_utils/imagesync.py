@@ -17,18 +17,44 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
+from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, StoreError, TorrentError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
-from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, ImageStore
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate
+
+try:
+    from urllib.parse import unquote, urlparse
+except ImportError:  # pragma: no cover - Python 2 is not supported
+    raise
 
 MAX_TORRENT_BYTES = 16 * 1024 * 1024
 MAX_LIST_BYTES = 16 * 1024 * 1024
 PROGRESS_FILE = "progress.json"
+
+
+ENGINE_KINDS = ("libtorrent",)
+
+
+def engine_from_spec(spec):
+    """The engine client for ``{kind, socket}`` as the image_sync module's ``engine`` option gives it."""
+    kind = (spec or {}).get("kind", "libtorrent")
+    if kind == "libtorrent":
+        return LibtorrentEngineClient(spec.get("socket") or "/run/vmic-engine/engine.sock", timeout=int(spec.get("timeout", 30)))
+    raise EngineError("engine kind %r is not one of %s" % (kind, ", ".join(ENGINE_KINDS)))
+
+
+def torrent_name_for(image):
+    """The file name a torrent of this image must carry: the last path component of its signed hv:uri."""
+    name = unquote(posixpath.basename(urlparse(image["hv:uri"]).path))
+    if not name:
+        raise TorrentError("image %s: hv:uri %s names no file" % (image.get("dc:identifier"), image["hv:uri"]))
+    return name
 
 
 class PlannedImage(object):
@@ -126,7 +152,7 @@ def _torrent_for(planned, torrent_module, https_ca_file, timeout):
         if not image.get(field):
             raise TorrentError("image %s: the signed list gives no %s" % (planned.describe(), field))
     data = fetch_bytes(uri, MAX_TORRENT_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=True, what="torrent")
-    meta = torrent_module.check_torrent(data, expected_name=None, expected_size=planned.size, expected_v1=image["vmic:btih_v1"],
+    meta = torrent_module.check_torrent(data, expected_name=torrent_name_for(image), expected_size=planned.size, expected_v1=image["vmic:btih_v1"],
                                         expected_v2=image["vmic:btih_v2"], expected_sha256=image["vmic:torrent_sha256"])
     return data, meta
 

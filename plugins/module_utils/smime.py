@@ -340,7 +340,7 @@ def _parse_signer_infos(printed):
     crafted envelope could add lines that look like structure.  Added lines can only make markers
     appear more often, so any repeated or out-of-place marker refuses the envelope (ValueError).
     """
-    lines = [line.rstrip() for line in printed.splitlines()]
+    lines = [line.rstrip() for line in printed.split("\n")]
     if len(lines) < 2 or lines[0] != "CMS_ContentInfo:" or not lines[1].startswith("  contentType: ") \
             or not lines[1].endswith("(1.2.840.113549.1.7.2)"):
         raise ValueError("not CMS signed data")

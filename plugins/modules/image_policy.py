@@ -23,7 +23,7 @@ description:
   - Expired images (their own C(dc:date:expires) has passed) are never approved.
   - Runs on the controller (C(run_once), C(delegate_to=localhost)) with the profiles of all hosts.
 author:
-  - vmic.fleet contributors
+  - vmic.fleet contributors (@vmic)
 requirements:
   - the C(jmespath) Python library for C(jmespath) rules
 options:

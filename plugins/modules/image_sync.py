@@ -25,7 +25,7 @@ description:
     C(<store_dir>/<identifier>/<version>.json), C(<store_dir>/<identifier>/current) symlink, downloads
     in C(<store_dir>/.partial/).
 author:
-  - vmic.fleet contributors
+  - vmic.fleet contributors (@vmic)
 requirements:
   - the C(openssl) command and the C(cryptography) Python library (list verification)
   - the libtorrent Python bindings (torrent checks) and a running engine service (M(vmic.fleet.image_info) shows it)
@@ -159,10 +159,10 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmic.fleet.plugins.module_utils.engine import engine_from_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
-from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import TransferFailed, plan_sync, retire, transfer, verify_lists
+from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import (
+    TransferFailed, engine_from_spec, plan_sync, retire, transfer, verify_lists)
 from ansible_collections.vmic.fleet.plugins.module_utils.liststate import ListStateStore
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module

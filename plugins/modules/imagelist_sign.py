@@ -23,7 +23,7 @@ description:
     re-signed (and bumped) when less than O(renew_before_days) remain.
   - The signed list is written atomically; a failed run leaves the previous list in place.
 author:
-  - vmic.fleet contributors
+  - vmic.fleet contributors (@vmic)
 requirements:
   - the C(cryptography) Python library
   - PyYAML when O(catalogue) is a file

@@ -20,7 +20,7 @@ description:
   - A refused list is a result with C(valid=false) and every reason; with O(fail_on_invalid=true) (the
     default) the task then fails with those reasons. A refused list never changes the stored state.
 author:
-  - vmic.fleet contributors
+  - vmic.fleet contributors (@vmic)
 requirements:
   - the C(openssl) command (OpenSSL 1.1.1 or later)
   - the C(cryptography) Python library (to read certificates)

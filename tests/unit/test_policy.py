@@ -77,8 +77,8 @@ def test_no_rule_means_not_approved():
 
 
 def test_new_images_refused_unless_named():
-    spec = {"new_images": "refuse", "rules": [{"action": "approve", "endorser": "cern"},
-                                               {"action": "approve", "identifier": U2}]}
+    spec = {"new_images": "refuse",
+            "rules": [{"action": "approve", "endorser": "cern"}, {"action": "approve", "identifier": U2}]}
     assert approved(spec) == [U2]
     assert approved(spec, known=[U1]) == [U1, U2]
     assert "new image" in decide(spec)[U1].reasons[0]
