@@ -173,12 +173,30 @@ def load_config(path):
     return validate_config(raw, what)
 
 
+def outgoing_interfaces(listen_interfaces):
+    """Bind outgoing connections to the listen addresses, unless the engine listens on any address.
+
+    Without this, a host with several addresses connects from whichever one the routing table
+    picks; peers then see an address the tracker never announced (and libtorrent takes a
+    connection from its own address for a connection to itself and bans that address).
+    """
+    hosts = []
+    for endpoint in listen_interfaces:
+        host = endpoint.rsplit(":", 1)[0].strip("[]")
+        if host in ("0.0.0.0", "::"):
+            return ""
+        if host not in hosts:
+            hosts.append(host)
+    return ",".join(hosts)
+
+
 def session_settings(lt, config):
     """The libtorrent settings_pack of the engine (docs/engine.md gives the reason of each one)."""
     cat = lt.alert.category_t
     return {
         "user_agent": "vmic.fleet libtorrent/%s" % lt.__version__,
         "listen_interfaces": ",".join(config["listen_interfaces"]),
+        "outgoing_interfaces": outgoing_interfaces(config["listen_interfaces"]),
         "enable_dht": config["dht"],
         "dht_bootstrap_nodes": ",".join(config["dht_bootstrap_nodes"]),
         "dht_restrict_routing_ips": False,
@@ -515,7 +533,8 @@ class EngineService(object):
         (torrent_status.total_payload_download), not per kind of source; the per-connection
         totals are sampled every second, and what a connection received between its last sample
         and its disconnection is taken from the torrent total and given to the kind of the
-        connections that closed in that interval.
+        connections that closed in that interval (a non-seed peer if the connection never lived
+        through a sample).
         """
         lt = self.lt
         try:
@@ -658,10 +677,11 @@ class EngineService(object):
             record.counters["banned_peers"] += 1
             LOG.warning("torrent %s: banned peer %s", record.key, alert.endpoint)
         elif isinstance(alert, lt.peer_disconnected_alert):
+            endpoint = tuple(alert.endpoint)
             with self.lock:
-                for ident, (_total, category) in record.peers.items():
-                    if (ident[0], ident[1]) == tuple(alert.endpoint):
-                        record.disconnected.append(category)
+                # a connection that never lived through a sample counts as a non-seed peer
+                categories = [category for ident, (_total, category) in record.peers.items() if (ident[0], ident[1]) == endpoint]
+                record.disconnected.append(categories[0] if categories else "peer")
         elif isinstance(alert, lt.torrent_finished_alert):
             if record.completed_at is None:
                 record.completed_at = time.time()

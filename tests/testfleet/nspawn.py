@@ -393,6 +393,75 @@ def ssh_banner(ns_path, addr, port=22, timeout=3.0):
     return line if line.startswith("SSH-") else None
 
 
+# -- cgroups ---------------------------------------------------------------------------------------
+
+CGROUP_GROUP = "vmic-testfleet"
+# Runs between fork and exec of every nspawn: joins the host's own cgroups, then becomes nspawn
+# (same pid).  A separate process, not preexec_fn, because the caller may have threads.
+_CGEXEC = (
+    "import os, sys\n"
+    "n = sys.argv.index('--')\n"
+    "for procs in sys.argv[1:n]:\n"
+    "    with open(procs, 'w') as handle:\n"
+    "        handle.write(str(os.getpid()))\n"
+    "os.execvp(sys.argv[n + 1], sys.argv[n + 1:])\n"
+)
+
+
+def _cgroup_mounts():
+    """Mount points of the hierarchies nspawn uses: the unified (cgroup2) one and the v1 name=systemd one."""
+    mounts = {}
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) < 5 or len(tail) < 3:
+                continue
+            if tail[0] == "cgroup2":
+                mounts.setdefault("", fields[4])
+            elif tail[0] == "cgroup" and "name=systemd" in tail[2].split(","):
+                mounts.setdefault("name=systemd", fields[4])
+    return mounts
+
+
+def host_cgroups(machine):
+    """Cgroup directories for one container, below this process's own cgroup in each hierarchy.
+
+    With ``--keep-unit`` and no systemd on the machine, nspawn puts the container's ``payload`` and
+    ``supervisor`` cgroups below the cgroup it was started in; without a cgroup of its own per host,
+    every container's systemd would manage the same tree.
+    """
+    mounts = _cgroup_mounts()
+    dirs = []
+    with open("/proc/self/cgroup", encoding="utf-8") as handle:
+        for line in handle:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) != 3:
+                continue
+            key = "" if parts[0] == "0" and parts[1] == "" else parts[1]
+            if key in mounts:
+                dirs.append(os.path.join(mounts[key], parts[2].lstrip("/"), CGROUP_GROUP, machine))
+    return dirs
+
+
+def remove_cgroups(dirs):
+    """rmdir the cgroup directories (and the empty subtrees nspawn and systemd left); quiet when busy."""
+    for top in dirs:
+        if not os.path.isdir(top):
+            continue
+        for root, _subdirs, _files in os.walk(top, topdown=False):
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass
+        parent = os.path.dirname(top)
+        if os.path.basename(parent) == CGROUP_GROUP:
+            try:
+                os.rmdir(parent)
+            except OSError:
+                pass
+
+
 # -- keys -------------------------------------------------------------------------------------------
 
 def generate_ed25519(path, comment):
@@ -483,6 +552,7 @@ class Container:
         self.proc = None
         self.pid = None
         self.host_key_pub = None
+        self.cgroups = []
 
     def prepare(self, base, authorized_key, hosts_text):
         """Write the host's own files into its (new) upper directory."""
@@ -513,10 +583,14 @@ class Container:
                 "--kill-signal=SIGRTMIN+3"]
 
     def start(self, base):
-        """Start systemd-nspawn in the background; its console goes to ``console_log``."""
+        """Start systemd-nspawn in the background, in cgroups of its own; the console goes to ``console_log``."""
         env = dict(os.environ, SYSTEMD_NSPAWN_LOCK="0", SYSTEMD_LOG_LEVEL="warning")
+        self.cgroups = host_cgroups(self.machine)
+        for path in self.cgroups:
+            os.makedirs(path, exist_ok=True)
+        wrapper = [sys.executable, "-I", "-S", "-c", _CGEXEC] + [os.path.join(p, "cgroup.procs") for p in self.cgroups] + ["--"]
         with open(self.console_log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(base), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            self.proc = subprocess.Popen(wrapper + self.argv(base), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          env=env, start_new_session=True, close_fds=True)
         self.pid = self.proc.pid
         return self.proc
@@ -687,6 +761,7 @@ def cleanup_from_state(state, progress=None, stop_timeout=20.0):
         if ns in existing:
             delete_namespace(ns)
     for host in containers:
+        remove_cgroups(host.get("cgroups", []))
         for leftover in ("/run/systemd/nspawn/propagate/%s" % host.get("machine", ""),
                          "/run/systemd/nspawn/unix-export/%s" % host.get("machine", "")):
             if host.get("machine") and os.path.isdir(leftover):
@@ -928,7 +1003,8 @@ class NspawnFleet:
         hosts = []
         for box in self.containers:
             hosts.append({"name": box.name, "addr": box.addr, "ns": box.host.ns, "machine": box.machine,
-                          "nspawn_pid": box.pid, "upper": box.upper, "console_log": box.console_log})
+                          "nspawn_pid": box.pid, "upper": box.upper, "console_log": box.console_log,
+                          "cgroups": box.cgroups})
         namespaces = list(getattr(self.netns, "_created", []) or []) if self.netns is not None else []
         if self.netns is not None and self.netns.switch_ns not in namespaces:
             namespaces.insert(0, self.netns.switch_ns)
@@ -1006,12 +1082,15 @@ def ssh_command(ssh_config, name, argv):
 
 
 def fleet_memory_kib(state):
-    """Resident memory of each host (sum of Pss of every process in its namespace), in KiB."""
+    """Resident memory of each host (Pss of its nspawn and of every process in its namespace), in KiB."""
     from testfleet.netns import namespace_pids  # pylint: disable=import-outside-toplevel
     result = {}
     for host in state.get("hosts", []):
         total = 0
-        for pid in namespace_pids(host["ns"]):
+        pids = namespace_pids(host["ns"])
+        if host.get("nspawn_pid") and ("--machine=" + host.get("machine", "")) in pid_cmdline(host["nspawn_pid"]):
+            pids.append(host["nspawn_pid"])
+        for pid in pids:
             try:
                 with open("/proc/%d/smaps_rollup" % pid, encoding="utf-8") as handle:
                     for line in handle:

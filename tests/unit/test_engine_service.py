@@ -16,6 +16,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.client import HTTPConnection
@@ -69,10 +70,13 @@ class EngineProcess(object):
     def __init__(self, base, name, ip, **config):
         self.dir = os.path.join(base, name)
         os.makedirs(self.dir, exist_ok=True)
-        self.socket = os.path.join(self.dir, "engine.sock")
         self.config_path = os.path.join(self.dir, "engine.json")
         self.log_path = os.path.join(self.dir, "engine.log")
-        values = {"socket": self.socket, "state_dir": os.path.join(self.dir, "state"),
+        if "socket" not in config:
+            # unix socket paths are limited to about 100 bytes: keep them out of pytest's long paths
+            config["socket"] = os.path.join(tempfile.mkdtemp(prefix="vmic-eng-"), "engine.sock")
+        self.socket = config["socket"]
+        values = {"state_dir": os.path.join(self.dir, "state"),
                   "listen_interfaces": ["%s:%d" % (ip, free_port(ip))], "dht": False, "resume_interval": 1}
         values.update(config)
         with open(self.config_path, "w") as handle:
@@ -109,6 +113,10 @@ class EngineProcess(object):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=20)
+
+    def cleanup(self):
+        self.kill(signal.SIGTERM)
+        shutil.rmtree(os.path.dirname(self.socket), ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -175,12 +183,13 @@ def engines(base, request):
 
     yield make
     for engine in started:
-        engine.kill(signal.SIGTERM)
+        engine.cleanup()
 
 
 def test_seed_mode_seed_and_leecher_download(engines, image, tmp_path):
     meta = image["meta"]
-    seed = engines("seed", "127.0.0.2").start()
+    # capped so that the download lives through a few of the engine's once-a-second samples
+    seed = engines("seed", "127.0.0.2", upload_rate_limit=4 * RATE).start()
     leech = engines("leech", "127.0.0.3").start()
     key = seed.client.add(meta.data, image["dir"], seed_mode=True)
     assert key == meta.info_hash_v1
