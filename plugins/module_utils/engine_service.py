@@ -64,7 +64,7 @@ import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import MAX_REQUEST_BYTES, STATUS_FIELDS
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError, TorrentError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES, parse_torrent
 
@@ -273,7 +273,7 @@ class TorrentRecord(object):
         self.attributed = 0          # payload bytes of this session attributed to a category
         self.disconnected = []       # categories of peers gone since the last sample
         self.pieces_since_save = 0
-        self.resume_pending = False
+        self.resume_pending = 0           # save_resume_data requests without an answer yet
         self.state_written = None
         self.last_rotate = time.time()
         self.rotating = False
@@ -479,7 +479,7 @@ class EngineService(object):
             self._sample(record)
             self._save_resume(record, force=True)
         deadline = time.time() + 10
-        while time.time() < deadline and any(r.resume_pending for r in records):
+        while time.time() < deadline and any(r.resume_pending > 0 for r in records):
             self.session.wait_for_alert(200)
             self._handle_alerts()
         for record in records:
@@ -493,12 +493,14 @@ class EngineService(object):
     # ---- resume data and periodic work
 
     def _save_resume(self, record, force=False):
-        if record.resume_pending or not record.handle.is_valid():
-            return
-        if not force and not record.pieces_since_save and not record.handle.need_save_resume_data():
-            return
-        record.resume_pending = True
-        record.pieces_since_save = 0
+        """Ask libtorrent for resume data (written by the alert handler); ``force`` even if unchanged or pending."""
+        with self.lock:
+            if not record.handle.is_valid() or record.resume_pending and not force:
+                return
+            if not force and not record.pieces_since_save and not record.handle.need_save_resume_data():
+                return
+            record.resume_pending += 1
+            record.pieces_since_save = 0
         record.handle.save_resume_data(self.lt.save_resume_flags_t.flush_disk_cache)
 
     def _tick(self):
@@ -658,14 +660,14 @@ class EngineService(object):
         if record is None:
             return
         if isinstance(alert, lt.save_resume_data_alert):
-            record.resume_pending = False
+            record.resume_pending = max(0, record.resume_pending - 1)
             write_atomic(self._path(record.key, ".resume"), lt.write_resume_data_buf(alert.params), mode=0o600)
             self._write_state(record)
-            self._wake("resume", record.key, None)
+            self._wake("resume", record.key, alert.params.save_path)
         elif isinstance(alert, lt.save_resume_data_failed_alert):
-            record.resume_pending = False
+            record.resume_pending = max(0, record.resume_pending - 1)
             LOG.warning("torrent %s: resume data not saved: %s", record.key, alert.message())
-            self._wake("resume", record.key, alert.message())
+            self._wake("resume", record.key, None)
         elif isinstance(alert, lt.piece_finished_alert):
             record.pieces_since_save += 1
             if record.pieces_since_save >= self.config["resume_piece_burst"]:
@@ -881,13 +883,13 @@ class EngineService(object):
             raise EngineError("move: torrent %s into %s failed: %s" % (key, dest, failure))
         record.save_dir = dest
         self._write_state(record, force=True)
-        waiter = self._expect("resume", key)
-        self._save_resume(record, force=True)
-        if not record.resume_pending:
-            with self.lock:
-                self.waiters.pop(("resume", key), None)
-        else:
-            self._wait(waiter, "resume", key)
+        # return only once resume data naming the new directory is on disk
+        deadline = time.time() + WAIT_SECONDS
+        saved = None
+        while saved != dest and time.time() < deadline:
+            waiter = self._expect("resume", key)
+            self._save_resume(record, force=True)
+            saved = self._wait(waiter, "resume", key)
         LOG.info("torrent %s (%s): moved into %s", key, record.meta.name, dest)
         return {"ok": True, "moved": True}
 
@@ -933,7 +935,12 @@ class _Handler(socketserver.StreamRequestHandler):
             except ValueError as exc:
                 self._reply({"ok": False, "error": "request is not JSON: %s" % exc})
                 return
-            self._reply(self.server.service.handle_request(request))
+            try:
+                response = self.server.service.handle_request(request)
+            except Exception as exc:  # pylint: disable=broad-except
+                LOG.exception("request %r failed", request.get("op") if isinstance(request, dict) else None)
+                response = {"ok": False, "error": "internal error: %s" % exc}
+            self._reply(response)
 
     def _reply(self, response):
         self.wfile.write(json.dumps(response, separators=(",", ":")).encode("utf-8") + b"\n")

@@ -29,14 +29,20 @@ import email
 import hashlib
 import json
 import os
+import posixpath
 import time
 
-from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import (
     MAX_LIST_BYTES, build_image_list, parse_image_list)
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import check_signing_certificate, sign_detached
+
+try:
+    from urllib.parse import quote, unquote, urlparse
+except ImportError:  # pragma: no cover - Python 2 is not supported
+    raise
 
 MAX_CATALOGUE_BYTES = 4 * 1024 * 1024
 MAX_CERT_BYTES = 256 * 1024
@@ -86,7 +92,7 @@ def signed_content(envelope):
     return payload
 
 
-def _normalise_images(images, where, hasher):
+def _normalise_images(images, where, hasher, image_hook=None):
     if not isinstance(images, list) or not images:
         raise ImageListError("catalogue %s: images must be a non-empty list" % where)
     result = []
@@ -104,8 +110,100 @@ def _normalise_images(images, where, hasher):
             image["hv:size"] = size
         if "hv:version" in image:
             image["hv:version"] = str(image["hv:version"])
+        if image_hook is not None:
+            image = image_hook(image, spec.get("file"))
         result.append(image)
     return result
+
+
+class HashCache(object):
+    """sha512 of image files by path, size and mtime, so that an unchanged image is not hashed again."""
+
+    def __init__(self, path):
+        self.path = path
+        self.entries = {}
+        self.dirty = False
+        if path and os.path.exists(path):
+            try:
+                self.entries = json.loads(read_limited(path, 16 * 1024 * 1024).decode("utf-8")).get("files", {})
+            except (ValueError, UnicodeDecodeError, AttributeError, VmicError):
+                self.entries = {}
+
+    def hash(self, path):
+        """sha512 and size of ``path``, from the cache when the file did not change."""
+        try:
+            stat = os.stat(path)
+        except OSError as exc:
+            raise ImageListError("image file %s: %s" % (path, exc.strerror or exc))
+        key = os.path.abspath(path)
+        entry = self.entries.get(key)
+        if isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
+            return entry["sha512"], entry["size"]
+        sha512, size = hash_file(path)
+        self.entries[key] = {"size": size, "mtime_ns": stat.st_mtime_ns, "sha512": sha512}
+        self.dirty = True
+        return sha512, size
+
+    def save(self):
+        """Write the cache atomically (when it has a path and changed)."""
+        if self.path and self.dirty:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(directory):
+                os.makedirs(directory, mode=0o750)
+            write_atomic(self.path, json.dumps({"files": self.entries}, sort_keys=True).encode("utf-8"), 0o640)
+            self.dirty = False
+
+
+class TorrentPublisher(object):
+    """Makes the hybrid v1+v2 .torrent of each image file and adds its signed fields to the image.
+
+    The torrent's file name is the last component of the image's ``hv:uri``, its web seed that URL,
+    its announce list the site trackers. ``<torrent_dir>/<name>.torrent`` is written atomically; an
+    existing torrent is reused when it describes the same file (same bytes for the same input).
+    """
+
+    def __init__(self, torrent_dir, base_url, trackers=(), piece_size=4 * 1024 * 1024, check_mode=False):
+        self.torrent_dir = torrent_dir
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.trackers = list(trackers)
+        self.piece_size = piece_size
+        self.check_mode = check_mode
+        self.written = []
+
+    def __call__(self, image, path):
+        from ansible_collections.vmic.fleet.plugins.module_utils import torrent  # pylint: disable=import-outside-toplevel
+        if path is None:
+            return image
+        name = unquote(posixpath.basename(urlparse(image["hv:uri"]).path))
+        if not name:
+            raise ImageListError("image %s: hv:uri %s names no file" % (image.get("dc:identifier"), image["hv:uri"]))
+        target = os.path.join(self.torrent_dir, name + ".torrent")
+        meta = None
+        if os.path.exists(target):
+            try:
+                existing = torrent.parse_torrent(read_limited(target, torrent.MAX_TORRENT_BYTES))
+                if (existing.name == name and existing.size == int(image["hv:size"]) and existing.piece_size == self.piece_size
+                        and list(existing.trackers) == self.trackers and list(existing.web_seeds) == [image["hv:uri"]]
+                        and os.path.getmtime(target) >= os.path.getmtime(path)):
+                    meta = existing
+            except VmicError:
+                meta = None
+        if meta is None:
+            meta = torrent.make_torrent(path, name=name, piece_size=self.piece_size, web_seeds=[image["hv:uri"]], trackers=self.trackers)
+            if not self.check_mode:
+                if not os.path.isdir(self.torrent_dir):
+                    os.makedirs(self.torrent_dir, mode=0o755)
+                write_atomic(target, meta.data, 0o644)
+            self.written.append(target)
+        image = dict(image)
+        image.update({
+            "vmic:torrent": self.base_url + quote(name) + ".torrent",
+            "vmic:torrent_sha256": meta.sha256,
+            "vmic:btih_v1": meta.info_hash_v1,
+            "vmic:btih_v2": meta.info_hash_v2,
+            "vmic:piece_size": meta.piece_size,
+        })
+        return image
 
 
 class SignPlan(object):
@@ -144,7 +242,7 @@ def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_p
     """Compute the signed list for a catalogue; sign only when the content changed or renewal is due.
 
     ``existing`` is the envelope currently at the destination (bytes) or None.
-    ``image_hook(images)`` may add fields (the torrent fields) to the normalised images.
+    ``image_hook(image, file_path)`` may add fields (the torrent fields) to each normalised image.
     """
     now = int(time.time() if now is None else now)
     if not isinstance(catalogue, dict):
@@ -156,9 +254,7 @@ def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_p
     bad = [key for key in COMPUTED_LIST_FIELDS if key in metadata]
     if bad:
         raise ImageListError("catalogue %s: list fields %s are computed by the signer" % (where, ", ".join(bad)))
-    images = _normalise_images(catalogue.get("images"), where, hasher)
-    if image_hook is not None:
-        images = image_hook(images)
+    images = _normalise_images(catalogue.get("images"), where, hasher, image_hook)
 
     cert_pem = read_limited(cert_path, MAX_CERT_BYTES, "certificate %s" % cert_path)
     key_pem = _load_private_key_pem(read_limited(key_path, MAX_CERT_BYTES, "private key %s" % key_path), key_passphrase, key_path)

@@ -67,6 +67,32 @@ options:
     description: Re-sign an unchanged list when fewer than this many days remain before it expires.
     type: int
     default: 7
+  torrent_dir:
+    description:
+      - Directory to write a hybrid v1+v2 C(.torrent) for every image given with a C(file), named
+        C(<file name>.torrent) where the file name is the last component of the image's C(hv:uri).
+        The torrent's web seed is C(hv:uri), its announce list O(trackers). Its sha256, both info-hashes,
+        its URL and piece size go into the signed list (C(vmic:torrent), C(vmic:torrent_sha256),
+        C(vmic:btih_v1), C(vmic:btih_v2), C(vmic:piece_size)), so a torrent is trusted only through the list.
+      - Requires O(torrent_base_url) and the libtorrent Python bindings.
+    type: path
+  torrent_base_url:
+    description: URL under which O(torrent_dir) is published.
+    type: str
+  trackers:
+    description: Announce URLs of the site trackers.
+    type: list
+    elements: str
+    default: []
+  piece_size:
+    description: Torrent piece size in bytes (a power of two).
+    type: int
+    default: 4194304
+  hash_cache:
+    description:
+      - File where the sha512 of each image file is cached by path, size and mtime, so that unchanged
+        images are not hashed again on every run.
+    type: path
   mode:
     description: File mode of O(dest).
     type: raw
@@ -132,6 +158,11 @@ expires:
   description: C(dc:date:expires) of the list.
   returned: success
   type: str
+torrents_written:
+  description: Paths of the C(.torrent) files written (or that would be written, in check mode).
+  returned: success
+  type: list
+  elements: str
 images:
   description: The images as signed.
   returned: success
@@ -146,7 +177,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
-    existing_envelope, image_summary, load_catalogue, plan_signed_list)
+    HashCache, TorrentPublisher, existing_envelope, image_summary, load_catalogue, plan_signed_list)
 
 
 def main():
@@ -162,9 +193,15 @@ def main():
             digest=dict(type="str", choices=["sha256", "sha384", "sha512"], default="sha256"),
             lifetime_days=dict(type="int", default=28),
             renew_before_days=dict(type="int", default=7),
+            torrent_dir=dict(type="path"),
+            torrent_base_url=dict(type="str"),
+            trackers=dict(type="list", elements="str", default=[], no_log=False),
+            piece_size=dict(type="int", default=4 * 1024 * 1024),
+            hash_cache=dict(type="path"),
             mode=dict(type="raw", default="0644"),
         ),
         mutually_exclusive=[("catalogue", "catalogue_data")],
+        required_together=[("torrent_dir", "torrent_base_url")],
         required_one_of=[("catalogue", "catalogue_data")],
         supports_check_mode=True,
     )
@@ -181,19 +218,29 @@ def main():
         else:
             catalogue, where = params["catalogue_data"], "(catalogue_data)"
         existing = existing_envelope(params["dest"])
+        cache = HashCache(params["hash_cache"])
+        publisher = None
+        if params["torrent_dir"]:
+            publisher = TorrentPublisher(params["torrent_dir"], params["torrent_base_url"], params["trackers"], params["piece_size"],
+                                         check_mode=module.check_mode)
         plan = plan_signed_list(catalogue, where, params["cert"], params["key"], existing=existing,
                                 key_passphrase=params["key_passphrase"], chain_paths=params["chain"], digest=params["digest"],
-                                lifetime_days=params["lifetime_days"], renew_before_days=params["renew_before_days"])
-        if plan.changed and not module.check_mode:
-            write_atomic(params["dest"], plan.envelope, mode)
+                                lifetime_days=params["lifetime_days"], renew_before_days=params["renew_before_days"],
+                                hasher=cache.hash, image_hook=publisher)
+        if not module.check_mode:
+            cache.save()
+            if plan.changed:
+                write_atomic(params["dest"], plan.envelope, mode)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg="signed list %s: %s" % (params["dest"], exc))
 
     image_list = plan.image_list
+    torrents = publisher.written if publisher is not None else []
     result = dict(
-        changed=plan.changed,
+        changed=plan.changed or bool(torrents),
+        torrents_written=torrents,
         version=image_list.version,
         previous_version=plan.previous_version,
         reason=plan.reason,

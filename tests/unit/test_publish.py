@@ -1,0 +1,120 @@
+"""Endorser side: catalogue -> signed list with torrents; idempotent; refuses the wrong certificate."""
+
+import os
+
+import pytest
+
+from ansible_collections.vmic.fleet.plugins.module_utils import torrent
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import parse_image_list
+from ansible_collections.vmic.fleet.plugins.module_utils.publish import HashCache, TorrentPublisher, plan_signed_list, signed_content
+from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached
+from ansible_collections.vmic.fleet.plugins.module_utils.truststore import TrustStore
+
+LIST_ID = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+IMAGE_ID = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
+
+
+def catalogue(path):
+    return {
+        "list": {"dc:identifier": LIST_ID, "dc:title": "Publish test", "hv:uri": "https://repo.test/lists/p.list"},
+        "endorser": {"dc:creator": "Tester"},
+        "images": [{"dc:identifier": IMAGE_ID, "dc:title": "Disk", "hv:uri": "https://repo.test/images/disk.img",
+                    "hv:version": 3, "sl:arch": "x86_64", "file": str(path)}],
+    }
+
+
+@pytest.fixture()
+def image_file(tmp_path):
+    path = tmp_path / "source-disk.raw"
+    path.write_bytes(os.urandom(100000))
+    return path
+
+
+def plan(pki, cat, tmp_path, existing=None, identity=None, **kwargs):
+    identity = identity or pki.good
+    publisher = TorrentPublisher(str(tmp_path / "torrents"), "https://repo.test/torrents", ["http://tracker.test:6969/announce"],
+                                 piece_size=16384)
+    cache = HashCache(str(tmp_path / "hash-cache.json"))
+    result = plan_signed_list(cat, "test", identity.cert_path, identity.key_path, existing=existing, hasher=cache.hash,
+                              image_hook=publisher, **kwargs)
+    cache.save()
+    return result, publisher
+
+
+def test_signed_list_carries_verified_torrent_fields(pki, tmp_path, image_file):
+    result, publisher = plan(pki, catalogue(image_file), tmp_path)
+    assert result.changed and result.image_list.version == "1"
+    verdict = verify_detached(result.envelope, TrustStore(ca_path=pki.ca_path), "p.list")
+    assert verdict.valid, verdict.reasons
+    image = parse_image_list(verdict.content, "p.list").images[0]
+    assert image.torrent_uri == "https://repo.test/torrents/disk.img.torrent"
+    data = (tmp_path / "torrents" / "disk.img.torrent").read_bytes()
+    meta = torrent.check_torrent(data, "disk.img", image.size, image.btih_v1, image.btih_v2, image.torrent_sha256)
+    assert meta.web_seeds == ["https://repo.test/images/disk.img"]
+    assert meta.trackers == ["http://tracker.test:6969/announce"]
+    assert publisher.written
+
+
+def test_second_run_changes_nothing(pki, tmp_path, image_file):
+    first, _ = plan(pki, catalogue(image_file), tmp_path)
+    second, publisher = plan(pki, catalogue(image_file), tmp_path, existing=first.envelope)
+    assert not second.changed and second.envelope is None
+    assert second.image_list.version == "1"
+    assert publisher.written == []
+
+
+def test_changed_image_bumps_version_and_torrent(pki, tmp_path, image_file):
+    first, _ = plan(pki, catalogue(image_file), tmp_path)
+    image_file.write_bytes(os.urandom(120000))
+    os.utime(str(image_file), (1, 2e9))
+    second, publisher = plan(pki, catalogue(image_file), tmp_path, existing=first.envelope)
+    assert second.changed and second.image_list.version == "2" and second.previous_version == "1"
+    assert second.image_list.images[0].size == 120000
+    assert publisher.written
+
+
+def test_renewal_due_resigns_unchanged_content(pki, tmp_path, image_file):
+    first, _ = plan(pki, catalogue(image_file), tmp_path, lifetime_days=10, renew_before_days=3)
+    later = first.image_list.created_epoch + 8 * 86400
+    second, _ = plan(pki, catalogue(image_file), tmp_path, existing=first.envelope, lifetime_days=10, renew_before_days=3, now=later)
+    assert second.changed and "renewal" in second.reason and second.image_list.version == "2"
+
+
+def test_certificate_not_the_lists_endorser_refused(pki, tmp_path, image_file):
+    cat = catalogue(image_file)
+    cat["endorser"]["hv:dn"] = pki.good.dn
+    with pytest.raises(SignatureError, match="not the list's endorser"):
+        plan(pki, cat, tmp_path, identity=pki.other)
+
+
+def test_certificate_without_digital_signature_refused(pki, tmp_path, image_file):
+    with pytest.raises(SignatureError, match="digitalSignature"):
+        plan(pki, catalogue(image_file), tmp_path, identity=pki.no_digital_signature)
+
+
+def test_given_checksum_must_match_file(pki, tmp_path, image_file):
+    cat = catalogue(image_file)
+    cat["images"][0]["hv:size"] = 5
+    with pytest.raises(ImageListError, match="hv:size 5 given"):
+        plan(pki, cat, tmp_path)
+
+
+def test_computed_fields_cannot_be_set(pki, tmp_path, image_file):
+    cat = catalogue(image_file)
+    cat["list"]["hv:version"] = "99"
+    with pytest.raises(ImageListError, match="computed by the signer"):
+        plan(pki, cat, tmp_path)
+
+
+def test_hash_cache_avoids_rehash(tmp_path, image_file):
+    cache = HashCache(str(tmp_path / "c.json"))
+    first = cache.hash(str(image_file))
+    cache.save()
+    again = HashCache(str(tmp_path / "c.json"))
+    assert again.hash(str(image_file)) == first and not again.dirty
+
+
+def test_signed_content_reads_our_envelope(pki, tmp_path, image_file):
+    first, _ = plan(pki, catalogue(image_file), tmp_path)
+    assert parse_image_list(signed_content(first.envelope), "x").identifier == LIST_ID
