@@ -7,6 +7,9 @@
 #   make sanity       ansible-test sanity on a fresh copy of the working tree (tests/tools/ansible-test-sanity.sh)
 #   make lint         ansible-lint, profile and offline settings in .ansible-lint
 #   make integration  every tests/integration/targets/*/run.sh (tests/integration/run.sh)
+#   make fleet        pytest tests/fleet: the systemd-nspawn test fleet (root)
+#   make molecule     molecule test --all (extensions/molecule, on the test fleet)
+#   make bench        benchmarks (not part of make test)
 #   make clean        remove test output and caches (keeps .venv); `make distclean` removes .venv too
 #
 # Adding a suite: define its target below (depend on $(VENV_STAMP), and on collection-link if it
@@ -38,7 +41,7 @@ SANITY_ARGS ?=
 LINT_ARGS ?=
 INTEGRATION_ARGS ?=
 
-TEST_TARGETS := units sanity lint swarm integration
+TEST_TARGETS := units sanity lint swarm integration fleet molecule
 
 # The tools of the venv come first for every recipe and every script they start.
 export PATH := $(VENV_BIN):$(PATH)
@@ -49,7 +52,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_DIR)
 export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv collection-link units swarm sanity lint integration clean distclean
+.PHONY: test venv collection-link units swarm sanity lint integration fleet molecule bench clean distclean
 
 test: $(TEST_TARGETS)
 	@echo "make test: all of $(TEST_TARGETS) passed"
@@ -84,6 +87,19 @@ lint: $(VENV_STAMP) collection-link
 
 integration: $(VENV_STAMP) collection-link
 	"$(ROOT)/tests/integration/run.sh" $(INTEGRATION_ARGS)
+
+# The test fleet itself: systemd-nspawn hosts with real systemd and sshd, reached over SSH (root).
+fleet: $(VENV_STAMP) collection-link
+	cd "$(ROOT)" && "$(VENV_BIN)/pytest" tests/fleet -m fleet $(PYTEST_ARGS)
+
+# Molecule scenarios under extensions/molecule/, on the test fleet (no container engine).
+molecule: $(VENV_STAMP) collection-link
+	cd "$(ROOT)/extensions" && "$(VENV_BIN)/molecule" test --all
+
+# Benchmarks: figures, not pass/fail. BENCH_ARGS reach bench/bench_swarm.py (e.g. --nodes 40).
+BENCH_ARGS ?=
+bench: $(VENV_STAMP) collection-link
+	cd "$(ROOT)" && "$(VENV_PYTHON)" bench/bench_swarm.py $(BENCH_ARGS)
 
 clean:
 	rm -rf "$(ROOT)/.tmp" "$(ROOT)/tests/output" "$(ROOT)/.pytest_cache"

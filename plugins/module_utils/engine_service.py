@@ -202,6 +202,7 @@ def session_settings(lt, config):
         "dht_restrict_routing_ips": False,
         "dht_restrict_search_ips": False,
         "dht_ignore_dark_internet": False,
+        "dht_prefer_verified_node_ids": False,
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """fleetctl: create, use and destroy named test fleets of booted Debian hosts (see docs/testfleet.md).
 
     fleetctl.py create --name demo --hosts repo,tracker,hv01..hv06 [--group cluster_a=hv01..hv03] [--rate-mbit 100]
@@ -16,15 +15,10 @@ Run it as ``python -m tests.testfleet.fleetctl`` from the repository root or by 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import selectors
-import signal
 import socket
-import subprocess
 import sys
-import time
 
 _TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _TESTS_DIR not in sys.path:
@@ -32,6 +26,53 @@ if _TESTS_DIR not in sys.path:
 
 from testfleet import nspawn  # noqa: E402  pylint: disable=wrong-import-position
 from testfleet.netns import FleetError  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def relay(netns_path, host, port):
+    """SSH ProxyCommand: relay stdin/stdout to ``host:port`` from inside the namespace ``netns_path``.
+
+    Runs once per SSH connection, so it avoids every import it does not need (argparse included).
+    """
+    nspawn.setns_net(netns_path)
+    sock = socket.create_connection((host, int(port)), timeout=20)
+    sock.settimeout(None)
+    sel = selectors.DefaultSelector()
+    sel.register(0, selectors.EVENT_READ, "stdin")
+    sel.register(sock, selectors.EVENT_READ, "sock")
+    while True:
+        for key, _events in sel.select():
+            if key.data == "stdin":
+                data = os.read(0, 65536)
+                if data:
+                    sock.sendall(data)
+                else:
+                    sel.unregister(0)
+                    sock.shutdown(socket.SHUT_WR)
+            else:
+                data = sock.recv(65536)
+                if not data:
+                    return 0
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(1, view):]
+
+
+def _relay_main(argv):
+    try:
+        return relay(argv[0], argv[1], argv[2])
+    except (OSError, ValueError, FleetError) as exc:
+        sys.stderr.write("fleetctl proxy %s:%s via %s: %s\n" % (argv[1], argv[2], argv[0], exc))
+        return 255
+
+
+if __name__ == "__main__" and len(sys.argv) == 6 and sys.argv[1:3] == ["proxy", "--netns"]:
+    sys.exit(_relay_main(sys.argv[3:]))
+
+import argparse  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+import json  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+import signal  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+import subprocess  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
+import time  # noqa: E402  pylint: disable=wrong-import-position,wrong-import-order
 
 SCRIPT = os.path.abspath(__file__)
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -228,8 +269,9 @@ def cmd_list(args):
         return 0
     print("%-16s %-9s %-6s %5s  %-16s %s" % ("NAME", "STATUS", "OWNER", "HOSTS", "SUBNET", "INVENTORY"))
     for s in states:
-        print("%-16s %-9s %-6s %5d  %-16s %s" % (s.get("name"), s.get("status"), "alive" if nspawn.owner_alive(s) else "gone",
-                                              len(s.get("hosts", [])), s.get("subnet"), s.get("inventory")))
+        owner = "alive" if nspawn.owner_alive(s) else "gone"
+        row = (s.get("name"), s.get("status"), owner, len(s.get("hosts", [])), s.get("subnet"), s.get("inventory"))
+        print("%-16s %-9s %-6s %5d  %-16s %s" % row)
     return 0
 
 
@@ -293,29 +335,8 @@ def cmd_exec(args):
 
 
 def cmd_proxy(args):
-    """Internal: SSH ProxyCommand; relays stdin/stdout to HOST:PORT from inside the controller namespace."""
-    nspawn.setns_net(args.netns)
-    sock = socket.create_connection((args.host, args.port), timeout=20)
-    sock.settimeout(None)
-    sel = selectors.DefaultSelector()
-    sel.register(0, selectors.EVENT_READ, "stdin")
-    sel.register(sock, selectors.EVENT_READ, "sock")
-    while True:
-        for key, _ in sel.select():
-            if key.data == "stdin":
-                data = os.read(0, 65536)
-                if data:
-                    sock.sendall(data)
-                else:
-                    sel.unregister(0)
-                    sock.shutdown(socket.SHUT_WR)
-            else:
-                data = sock.recv(65536)
-                if not data:
-                    return 0
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(1, view):]
+    """Internal: SSH ProxyCommand (see :func:`relay`)."""
+    return _relay_main([args.netns, args.host, args.port])
 
 
 def cmd_base(args):
@@ -350,7 +371,7 @@ def build_parser():
     p.add_argument("--foreground", action="store_true", help="own the fleet in this process until Ctrl-C")
     p.set_defaults(func=cmd_create)
 
-    p = sub.add_parser("supervise", help=argparse.SUPPRESS)
+    p = sub.add_parser("supervise", help="(internal) the process that owns a fleet; started by create")
     fleet_options(p)
     p.set_defaults(func=cmd_supervise, foreground=False)
 
@@ -383,7 +404,7 @@ def build_parser():
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_exec)
 
-    p = sub.add_parser("proxy", help=argparse.SUPPRESS)
+    p = sub.add_parser("proxy", help="(internal) SSH ProxyCommand into the fleet's controller namespace")
     p.add_argument("--netns", required=True)
     p.add_argument("host")
     p.add_argument("port", type=int)

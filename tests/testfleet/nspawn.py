@@ -39,7 +39,6 @@ import sys
 import threading
 import time
 
-from testfleet.httpd import write_json_atomic
 from testfleet.netns import BENCH_RANGE, Fleet, FleetError, delete_namespace, list_namespaces, require_root
 
 CACHE_DIR = "/var/cache/vmic-testfleet"
@@ -163,7 +162,7 @@ def debian_mirror(sources_dir="/etc/apt"):
         try:
             with open(path, encoding="utf-8") as handle:
                 for line in handle:
-                    words = [w for w in re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()]
+                    words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
                     if len(words) >= 3 and words[0] == "deb":
                         entries.append((words[1], words[2:3]))
         except OSError:
@@ -215,9 +214,12 @@ def ensure_base_root(cache_dir=CACHE_DIR, mirror=None, progress=_progress_stderr
         raise FleetError("base root %s: debootstrap is not installed (apt-get install debootstrap)" % path)
     os.makedirs(cache_dir, mode=0o755, exist_ok=True)
     with open(os.path.join(cache_dir, ".build.lock"), "w", encoding="utf-8") as lock:
-        if progress:
-            progress("base root: waiting for the build lock in %s" % cache_dir)
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                progress("base root: another process is building it, waiting (lock %s)" % lock.name)
+            fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.isfile(os.path.join(path, "etc", "vmic-testfleet-base")):
             return path
         tmp = path + ".tmp"
@@ -413,7 +415,7 @@ def _cgroup_mounts():
     mounts = {}
     with open("/proc/self/mountinfo", encoding="utf-8") as handle:
         for line in handle:
-            left, _, right = line.partition(" - ")
+            left, _sep, right = line.partition(" - ")
             fields, tail = left.split(), right.split()
             if len(fields) < 5 or len(tail) < 3:
                 continue
@@ -948,10 +950,10 @@ class NspawnFleet:
         errors = []
         for box, proc in procs:
             try:
-                _, err = proc.communicate(timeout=60)
+                err = proc.communicate(timeout=60)[1]
             except subprocess.TimeoutExpired:
                 proc.kill()
-                _, err = proc.communicate()
+                err = proc.communicate()[1]
             if proc.returncode != 0:
                 errors.append("host %s: ssh login failed (exit %d): %s" % (
                     box.name, proc.returncode, err.decode("utf-8", "replace").strip()[-500:]))
@@ -960,7 +962,9 @@ class NspawnFleet:
 
     def destroy(self, stop_timeout=20.0):
         """Power every host off, delete namespaces, upper and state directories. Idempotent."""
-        if self._destroyed:
+        if self._destroyed or self.subnet is None:
+            # Never destroyed twice; nothing to do when create() stopped before the fleet was
+            # registered (for example because another fleet of the same name is alive).
             return
         self._destroyed = True
         for box in self.containers:
@@ -1005,11 +1009,7 @@ class NspawnFleet:
             hosts.append({"name": box.name, "addr": box.addr, "ns": box.host.ns, "machine": box.machine,
                           "nspawn_pid": box.pid, "upper": box.upper, "console_log": box.console_log,
                           "cgroups": box.cgroups})
-        namespaces = list(getattr(self.netns, "_created", []) or []) if self.netns is not None else []
-        if self.netns is not None and self.netns.switch_ns not in namespaces:
-            namespaces.insert(0, self.netns.switch_ns)
-        if self.netns is not None:
-            namespaces += [h.ns for h in self.netns.hosts if h.ns not in namespaces]
+        namespaces = [self.netns.switch_ns] + [h.ns for h in self.netns.hosts] if self.netns is not None else []
         return {
             "name": self.name, "status": self.status, "owner_pid": os.getpid(), "owner_start": _start_time(os.getpid()),
             "supervised": self.supervised, "subnet": str(self.subnet) if self.subnet else None,
@@ -1025,14 +1025,15 @@ class NspawnFleet:
 
     def _write_state(self):
         if os.path.isdir(self.state_dir):
-            write_json_atomic(self.state_path, self._state())
+            write_text_atomic(self.state_path, json.dumps(self._state(), indent=1, sort_keys=True) + "\n", 0o644)
 
     def _write_ssh_files(self):
         known = "".join("%s,%s %s\n" % (box.addr, box.name, " ".join(box.host_key_pub.split()[:2]))
                         for box in self.containers)
         write_text_atomic(self.known_hosts_path, known)
-        proxy = "%s %s proxy --netns %s %%h %%p" % (sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fleetctl.py"),
-                                                   self.controller.netns_path)
+        fleetctl = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fleetctl.py")
+        # -I -B: no user site, no PYTHON* variables, no .pyc writes; the relay starts once per SSH connection.
+        proxy = "%s -I -B %s proxy --netns %s %%h %%p" % (sys.executable, fleetctl, self.controller.netns_path)
         lines = ["# test fleet %s: ssh -F %s <host>" % (self.name, self.ssh_config_path)]
         for box in self.containers:
             lines += ["Host %s" % box.name, "    HostName %s" % box.addr]

@@ -468,3 +468,25 @@ def test_peer_sending_bad_data_is_banned(engines, image, tmp_path):
         assert bad.served > 0
     finally:
         bad.stop()
+
+
+def test_downloader_is_connected_to_at_most_max_download_peers(engines, image, tmp_path):
+    meta = image["meta"]
+    key = meta.info_hash_v1
+    seeds = [engines("seed%d" % n, "127.0.0.%d" % (11 + n), upload_rate_limit=RATE).start() for n in range(3)]
+    for seed in seeds:
+        seed.client.add(meta.data, image["dir"], seed_mode=True)
+    leech = engines("leech", "127.0.0.15", max_download_peers=2).start()
+    leech.client.add(meta.data, str(tmp_path))
+    most = 0
+    deadline = time.time() + 60
+    while True:
+        status = leech.status(key)
+        most = max(most, status["num_peers"])
+        assert status["num_peers"] <= 2, status
+        if status["state"] == "seeding":
+            break
+        assert time.time() < deadline, "download did not finish"
+        time.sleep(0.2)
+    assert most == 2
+    assert sha512(str(tmp_path / meta.name)) == image["sha512"]
