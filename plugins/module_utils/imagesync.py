@@ -167,8 +167,13 @@ def _write_progress(store, items, started):
     write_atomic(os.path.join(store.store_dir, PARTIAL, PROGRESS_FILE), json.dumps(progress).encode("utf-8"), 0o644)
 
 
-def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0):
-    """Download and verify every image to add; commit all only when all verified. Returns per-image results."""
+def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True):
+    """Download and verify every image to add; commit all only when all verified. Returns per-image results.
+
+    With ``commit=False`` (the download phase of a rollout) verified data stays in the partial area,
+    seeded by the engine, and the store is not changed; a later call with ``commit=True`` finds it
+    complete, verifies it again and commits it.
+    """
     if not plan.add:
         return []
     store.ensure()
@@ -231,25 +236,32 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
         raise TransferFailed(failures, plan.add)
 
     results = []
+    if not commit:
+        for planned in plan.add:
+            results.append(_result(planned, "downloaded", store.partial_dir(planned.identifier, planned.version)))
+        return results
     for planned in plan.add:
         final = store.final_dir(planned.identifier, planned.version)
-        parent = os.path.dirname(final)
-        if not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o755)
+        if not os.path.isdir(final):
+            os.makedirs(final, mode=0o755)
         engine.move(planned.key, final)
         _wait_moved(planned, final)
         store.commit(planned.identifier, planned.version, planned.name, {
             "sha512": planned.sha512, "size": planned.size, "list": planned.list_identifier, "title": planned.image.get("dc:title"),
             "btih_v1": planned.image.get("vmic:btih_v1"), "btih_v2": planned.image.get("vmic:btih_v2"), "engine_key": planned.key,
         })
-        status = planned.status
-        results.append({
-            "identifier": planned.identifier, "version": planned.version, "action": "added",
-            "seconds": round((planned.finished or time.time()) - planned.started, 2),
-            "bytes_from_peers": status.get("bytes_from_peers", 0), "bytes_from_web_seed": status.get("bytes_from_web_seed", 0),
-            "bytes_from_seeds": status.get("bytes_from_seeds", 0), "path": os.path.join(final, planned.name),
-        })
+        results.append(_result(planned, "added", final))
     return results
+
+
+def _result(planned, action, directory):
+    status = planned.status
+    return {
+        "identifier": planned.identifier, "version": planned.version, "title": planned.image.get("dc:title"), "action": action,
+        "seconds": round((planned.finished or time.time()) - planned.started, 2),
+        "bytes_from_peers": status.get("bytes_from_peers", 0), "bytes_from_web_seed": status.get("bytes_from_web_seed", 0),
+        "bytes_from_seeds": status.get("bytes_from_seeds", 0), "path": os.path.join(directory, planned.name),
+    }
 
 
 def _wait_moved(planned, final):

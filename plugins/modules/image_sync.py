@@ -90,6 +90,16 @@ options:
     description: The engine to use - C(kind) (V(libtorrent) or V(rtorrent)) and C(socket) (its control socket).
     type: dict
     default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
+  phase:
+    description:
+      - V(all) downloads, verifies, commits and retires in one run.
+      - V(download) only downloads and verifies into the partial area (the engine seeds it meanwhile);
+        the store is not changed. A rollout runs it on every host at once.
+      - V(activate) commits what is downloaded (verifying it again) and retires; a rollout runs it in
+        batches with a canary. Anything not yet downloaded is downloaded first.
+    type: str
+    choices: [all, download, activate]
+    default: all
   timeout:
     description: Seconds to wait for all downloads before giving up (nothing is committed then).
     type: int
@@ -148,6 +158,11 @@ in_use:
   returned: always
   type: list
   elements: dict
+held:
+  description: The images the store holds after the run (identifier, version, path, size, sha512, list, title).
+  returned: when not in check mode
+  type: list
+  elements: dict
 lists:
   description: Verdict of each list (source, valid, reasons, version).
   returned: always
@@ -188,6 +203,7 @@ def main():
             retire=dict(type="str", choices=["archive", "delete"], default="archive"),
             archive_dir=dict(type="path", default="/var/lib/vmic/archive"),
             engine=dict(type="dict", default={"kind": "libtorrent", "socket": "/run/vmic-engine/engine.sock"}),
+            phase=dict(type="str", choices=["all", "download", "activate"], default="all"),
             timeout=dict(type="int", default=3600),
             https_ca_file=dict(type="path"),
             allow_http=dict(type="bool", default=False),
@@ -215,18 +231,22 @@ def main():
             module.fail_json(msg="refused image lists; the image store was not changed: " + "; ".join(refused), **result)
         plan = plan_sync(verdicts, policy, params["profile"], store, known=[s.identifier for s in store.images()])
         result["plan"] = plan.to_dict()
-        result["changed"] = bool(plan.add or plan.retire)
+        downloading = params["phase"] == "download"
+        result["changed"] = bool(plan.add or (plan.retire and not downloading))
         if module._diff:
             result["diff"] = plan.diff()
         if module.check_mode:
             module.exit_json(**result)
         engine = engine_from_spec(params["engine"]) if (plan.add or plan.retire) else None
-        result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"])
-        result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
+        result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"],
+                                    commit=not downloading)
+        if not downloading:
+            result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
         if result["in_use"]:
             module.warn("images kept because a process holds them open: %s"
                         % ", ".join("%s %s" % (item["identifier"], item["version"]) for item in result["in_use"]))
         result["changed"] = bool(result["images"] or result["retired"])
+        result["held"] = [image.to_dict() for image in store.images()]
     except TransferFailed as exc:
         module.fail_json(msg=str(exc), **result)
     except VmicError as exc:

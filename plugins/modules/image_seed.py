@@ -1,0 +1,128 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: image_seed
+short_description: Seed published images from the repository host
+version_added: 0.1.0
+description:
+  - Runs on the repository host. Hands each given C(.torrent) to the BitTorrent engine in seed mode,
+    with the image file from O(data_dir), so the repository is the swarm's initial seed without
+    hashing data the endorser already hashed.
+  - Each torrent is parsed with limits; its single file must exist in O(data_dir) with the torrent's size.
+  - With O(exclusive=true), torrents the engine seeds that are not in O(torrents) are removed from the
+    engine (their data is kept).
+author:
+  - vmic.fleet contributors (@vmic)
+options:
+  torrents:
+    description: Paths of C(.torrent) files on the repository host.
+    type: list
+    elements: path
+    required: true
+  data_dir:
+    description: Directory holding the image files named as in the torrents.
+    type: path
+    required: true
+  exclusive:
+    description: Stop seeding torrents not listed in O(torrents).
+    type: bool
+    default: false
+  engine:
+    description: The engine - C(kind) and C(socket), as for M(vmic.fleet.image_sync).
+    type: dict
+    default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would be added and removed.
+  diff_mode:
+    support: full
+    description: Shows the seeded info-hashes before and after.
+"""
+
+EXAMPLES = r"""
+- name: Seed every published torrent
+  vmic.fleet.image_seed:
+    torrents: "{{ published_torrents }}"
+    data_dir: /srv/vmic/repo/images
+    exclusive: true
+"""
+
+RETURN = r"""
+added:
+  description: Keys (v1 info-hashes) handed to the engine.
+  returned: always
+  type: list
+  elements: str
+removed:
+  description: Keys removed from the engine (O(exclusive)).
+  returned: always
+  type: list
+  elements: str
+seeding:
+  description: Keys seeded after the run.
+  returned: always
+  type: list
+  elements: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import engine_from_spec
+from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES, parse_torrent
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            torrents=dict(type="list", elements="path", required=True),
+            data_dir=dict(type="path", required=True),
+            exclusive=dict(type="bool", default=False),
+            engine=dict(type="dict", default={"kind": "libtorrent", "socket": "/run/vmic-engine/engine.sock"}),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    try:
+        wanted = {}
+        for path in params["torrents"]:
+            data = read_limited(path, MAX_TORRENT_BYTES, "torrent %s" % path)
+            meta = parse_torrent(data, what="torrent %s" % path)
+            image = os.path.join(params["data_dir"], meta.name)
+            try:
+                size = os.path.getsize(image)
+            except OSError as exc:
+                module.fail_json(msg="torrent %s: image file %s: %s" % (path, image, exc.strerror))
+            if size != meta.size:
+                module.fail_json(msg="torrent %s: image file %s has %d bytes, the torrent says %d" % (path, image, size, meta.size))
+            wanted[meta.info_hash_v1] = data
+        engine = engine_from_spec(params["engine"])
+        current = set(status["key"] for status in engine.status())
+        added = sorted(set(wanted) - current)
+        removed = sorted(current - set(wanted)) if params["exclusive"] else []
+        if not module.check_mode:
+            for key in added:
+                engine.add(wanted[key], params["data_dir"], seed_mode=True)
+            for key in removed:
+                engine.remove(key, delete_files=False)
+    except VmicError as exc:
+        module.fail_json(msg=str(exc))
+    seeding = sorted((current | set(added)) - set(removed))
+    result = dict(changed=bool(added or removed), added=added, removed=removed, seeding=seeding)
+    if module._diff:
+        result["diff"] = {"before": "".join("%s\n" % key for key in sorted(current)), "after": "".join("%s\n" % key for key in seeding)}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
