@@ -10,6 +10,7 @@
 #   make fleet        pytest tests/fleet: the systemd-nspawn test fleet (root)
 #   make molecule     molecule test --all (extensions/molecule, on the test fleet)
 #   make bench        benchmarks (not part of make test)
+#   make demo         the demo fleet, end to end (make demo-clean removes it)
 #   make clean        remove test output and caches (keeps .venv); `make distclean` removes .venv too
 #
 # Adding a suite: define its target below (depend on $(VENV_STAMP), and on collection-link if it
@@ -52,7 +53,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_DIR)
 export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv collection-link units swarm sanity lint integration fleet molecule bench clean distclean
+.PHONY: test venv collection-link units swarm sanity lint integration fleet molecule bench demo demo-clean clean distclean
 
 test: $(TEST_TARGETS)
 	@echo "make test: all of $(TEST_TARGETS) passed"
@@ -95,6 +96,13 @@ fleet: $(VENV_STAMP) collection-link
 # Molecule scenarios under extensions/molecule/, on the test fleet (no container engine).
 molecule: $(VENV_STAMP) collection-link
 	cd "$(ROOT)/extensions" && "$(VENV_BIN)/molecule" test --all
+
+# The built-in demo fleet: the main job end to end (demo/demo.sh says what it does).
+demo:
+	bash "$(ROOT)/demo/demo.sh"
+
+demo-clean:
+	bash "$(ROOT)/demo/clean.sh"
 
 # Benchmarks: figures, not pass/fail. BENCH_ARGS reach bench/bench_swarm.py (e.g. --nodes 40).
 BENCH_ARGS ?=
