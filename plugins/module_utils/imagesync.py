@@ -38,14 +38,20 @@ MAX_LIST_BYTES = 16 * 1024 * 1024
 PROGRESS_FILE = "progress.json"
 
 
-ENGINE_KINDS = ("libtorrent",)
+ENGINE_KINDS = ("libtorrent", "rtorrent")
+DEFAULT_SOCKETS = {"libtorrent": "/run/vmic-engine/engine.sock", "rtorrent": "/run/rtorrent/rpc.sock"}
 
 
 def engine_from_spec(spec):
     """The engine client for ``{kind, socket}`` as the image_sync module's ``engine`` option gives it."""
-    kind = (spec or {}).get("kind", "libtorrent")
+    spec = spec or {}
+    kind = spec.get("kind", "libtorrent")
+    timeout = int(spec.get("timeout", 30))
     if kind == "libtorrent":
-        return LibtorrentEngineClient(spec.get("socket") or "/run/vmic-engine/engine.sock", timeout=int(spec.get("timeout", 30)))
+        return LibtorrentEngineClient(spec.get("socket") or DEFAULT_SOCKETS[kind], timeout=timeout)
+    if kind == "rtorrent":
+        from ansible_collections.vmic.fleet.plugins.module_utils.rtorrent_engine import RtorrentEngineClient  # pylint: disable=import-outside-toplevel
+        return RtorrentEngineClient(spec.get("socket") or DEFAULT_SOCKETS[kind], timeout=timeout)
     raise EngineError("engine kind %r is not one of %s" % (kind, ", ".join(ENGINE_KINDS)))
 
 
