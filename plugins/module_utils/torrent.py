@@ -393,7 +393,13 @@ def make_torrent(path, name=None, piece_size=DEFAULT_PIECE_SIZE, web_seeds=(), t
     if not os.path.isfile(path) or size == 0:
         raise TorrentError("%s: not a non-empty regular file" % what)
 
-    creator = lt.create_torrent([lt.create_file_entry(name, size)], piece_size)
+    if hasattr(lt, "create_file_entry"):
+        creator = lt.create_torrent([lt.create_file_entry(name, size)], piece_size)
+    else:
+        # libtorrent 2.0 (Debian 12's python3-libtorrent 2.0.8) has no create_file_entry: a file_storage
+        files = lt.file_storage()
+        files.add_file(name, size)
+        creator = lt.create_torrent(files, piece_size)
     for url in web_seeds:
         creator.add_url_seed(url)
     for tier, url in enumerate(trackers):

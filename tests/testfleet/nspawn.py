@@ -52,7 +52,7 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 # python3-cffi-backend provides the virtual packages python3-cryptography depends on, which
 # debootstrap's resolver does not follow.
 PACKAGES = (
-    "ca-certificates", "dbus", "iproute2", "openssh-server", "openssl", "opentracker", "procps",
+    "ca-certificates", "curl", "dbus", "iproute2", "nginx-light", "openssh-server", "openssl", "opentracker", "procps",
     "python3", "python3-apt", "python3-cffi-backend", "python3-cryptography", "python3-jmespath", "python3-libtorrent",
     "python3-yaml", "rtorrent", "systemd", "systemd-sysv",
 )

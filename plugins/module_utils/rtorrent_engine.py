@@ -1,0 +1,422 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The ``Engine`` interface on top of rtorrent 0.9.x, driven over XML-RPC on its SCGI unix socket.
+
+rtorrent (``network.scgi.open_local = <socket>``) answers one SCGI request per connection: a
+netstring of CGI headers (``CONTENT_LENGTH`` first, then ``SCGI: 1``), a comma, the XML-RPC body;
+the reply is CGI headers (``Status:``, ``Content-Type:``), a blank line and the XML-RPC response.
+``xmlrpc.client`` only (de)serialises; the transport below is a plain AF_UNIX socket with a
+timeout and a size limit on the response.
+
+Keys are v1 info-hashes in lower case (rtorrent's ``d.hash`` is upper case). rtorrent only knows
+BitTorrent v1: it joins the v1 swarm of a hybrid torrent and ignores the v2 part. The v2 info-hash
+and the time of ``add`` are kept in the download's custom fields (``vmic_v2``, ``vmic_added_at``),
+so ``status`` reports them like the libtorrent engine does.
+
+Approximations in ``status`` (rtorrent 0.9.8 does not expose the exact counters):
+
+* ``bytes_from_peers`` = ``d.down.total`` (payload received this session); rtorrent has no web seeds,
+  so ``bytes_from_web_seed`` is 0;
+* ``bytes_from_seeds`` = bytes received from the peers connected right now that hold every piece
+  (``p.down_total`` of peers whose ``p.completed_percent`` is 100); bytes from seeds that have
+  disconnected are not counted, so this is a lower bound;
+* ``hashfail_count`` and ``banned_peers`` are 0 (not counted by rtorrent);
+* ``completed_at`` = ``d.timestamp.finished`` (0 = unknown: None); ``added_at`` comes from the custom
+  field written by ``add`` (``d.load_date`` for downloads added by other means);
+* ``state``: ``checking`` while hashing, ``error`` when rtorrent stopped the download with a message
+  that is not a tracker message, ``paused`` when stopped, else ``seeding``/``downloading``.
+
+``add(seed_mode=True)`` gives rtorrent fast-resume data (``libtorrent_resume``: every chunk done,
+the file's size and mtime) so it seeds the existing file without hashing it first; rtorrent uses
+that data only while the file's mtime and size are those recorded, otherwise it hashes the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import time
+import xmlrpc.client
+
+from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS, Engine
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError, TorrentError
+from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES, bdecode, parse_torrent
+
+DEFAULT_SOCKET = "/run/rtorrent/rpc.sock"
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_HEADER_BYTES = 8192
+VIEW = "main"
+CUSTOM_V2 = "vmic_v2"
+CUSTOM_ADDED = "vmic_added_at"
+_KEY_RE = re.compile(r"^[0-9a-f]{40}$")
+_SAFE_DIR_RE = re.compile(r"^/[A-Za-z0-9._+@%:=/-]*$")
+
+# d.multicall2 columns, in order; ``_status_from_row`` reads them by name.
+_COLUMNS = (
+    ("hash", "d.hash="),
+    ("name", "d.name="),
+    ("directory", "d.directory="),
+    ("state", "d.state="),
+    ("is_active", "d.is_active="),
+    ("is_open", "d.is_open="),
+    ("hashing", "d.hashing="),
+    ("complete", "d.complete="),
+    ("size_bytes", "d.size_bytes="),
+    ("completed_bytes", "d.completed_bytes="),
+    ("down_total", "d.down.total="),
+    ("up_total", "d.up.total="),
+    ("down_rate", "d.down.rate="),
+    ("up_rate", "d.up.rate="),
+    ("peers_connected", "d.peers_connected="),
+    ("peers_complete", "d.peers_complete="),
+    ("message", "d.message="),
+    ("finished", "d.timestamp.finished="),
+    ("load_date", "d.load_date="),
+    ("v2", "d.custom=%s" % CUSTOM_V2),
+    ("added", "d.custom=%s" % CUSTOM_ADDED),
+)
+
+
+def _bencode(value):
+    """Bencode ints, bytes, str, lists and dicts (keys sorted as bytes): the inverse of torrent.bdecode."""
+    if isinstance(value, bool):
+        raise TorrentError("bencode: booleans have no encoding")
+    if isinstance(value, int):
+        return b"i%de" % value
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes):
+        return b"%d:%s" % (len(value), value)
+    if isinstance(value, list):
+        return b"l" + b"".join(_bencode(item) for item in value) + b"e"
+    if isinstance(value, dict):
+        items = sorted((key.encode("utf-8") if isinstance(key, str) else key, item) for key, item in value.items())
+        return b"d" + b"".join(_bencode(key) + _bencode(item) for key, item in items) + b"e"
+    raise TorrentError("bencode: cannot encode %s" % type(value).__name__)
+
+
+def with_fast_resume(torrent_data, file_path, piece_size, size):
+    """Return ``torrent_data`` with rtorrent fast-resume data saying the file at ``file_path`` is complete.
+
+    rtorrent reads ``libtorrent_resume`` when it opens a new download: ``bitfield`` as an integer
+    equal to the number of chunks means "all chunks done"; a file whose ``mtime`` matches keeps its
+    chunks, otherwise rtorrent hashes it. The info dictionary is left byte for byte as it was.
+    """
+    top, span = bdecode(torrent_data)
+    stat = os.stat(file_path)
+    if stat.st_size != size:
+        raise EngineError("seed mode: %s holds %d bytes, the torrent says %d" % (file_path, stat.st_size, size))
+    chunks = (size + piece_size - 1) // piece_size
+    top[b"libtorrent_resume"] = {
+        b"bitfield": chunks,
+        b"files": [{b"priority": 1, b"mtime": int(stat.st_mtime), b"completed": chunks}],
+    }
+    info = torrent_data[span[0]:span[1]]
+    parts = []
+    for name in sorted(top):
+        parts.append(_bencode(name))
+        parts.append(info if name == b"info" else _bencode(top[name]))
+    data = b"d" + b"".join(parts) + b"e"
+    return data
+
+
+class ScgiTransport(object):
+    """One XML-RPC call per connection over an SCGI unix socket, with a timeout and a response size limit."""
+
+    def __init__(self, socket_path, timeout=30, max_response_bytes=MAX_RESPONSE_BYTES):
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
+
+    @staticmethod
+    def frame(body):
+        """SCGI framing of an XML-RPC request body."""
+        headers = [(b"CONTENT_LENGTH", str(len(body)).encode("ascii")), (b"SCGI", b"1"),
+                   (b"REQUEST_METHOD", b"POST"), (b"REQUEST_URI", b"/RPC2"), (b"CONTENT_TYPE", b"text/xml")]
+        block = b"".join(name + b"\0" + value + b"\0" for name, value in headers)
+        return str(len(block)).encode("ascii") + b":" + block + b"," + body
+
+    def request(self, body, what):
+        """Send one request body; return the response body (bytes)."""
+        where = "rtorrent %s" % self.socket_path
+        deadline = time.monotonic() + self.timeout
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        chunks = []
+        total = 0
+        try:
+            try:
+                sock.settimeout(self.timeout)
+                sock.connect(self.socket_path)
+                sock.sendall(self.frame(body))
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise socket.timeout()
+                    sock.settimeout(remaining)
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                    if total > self.max_response_bytes + MAX_HEADER_BYTES:
+                        raise LimitError("%s: %s: response larger than %d bytes" % (where, what, self.max_response_bytes))
+                    chunks.append(chunk)
+            except socket.timeout:
+                raise EngineError("%s: no complete answer to %s within %s s" % (where, what, self.timeout))
+            except OSError as exc:
+                raise EngineError("%s: %s failed: %s" % (where, what, exc.strerror or exc))
+        finally:
+            sock.close()
+        return self.parse_response(b"".join(chunks), what)
+
+    def parse_response(self, raw, what):
+        """Split the CGI header block from the body; refuse error statuses and truncated bodies."""
+        where = "rtorrent %s" % self.socket_path
+        end = raw.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES)
+        sep = 4
+        if end < 0:
+            end = raw.find(b"\n\n", 0, MAX_HEADER_BYTES)
+            sep = 2
+        if end < 0:
+            raise EngineError("%s: %s: no SCGI response header in %d bytes" % (where, what, len(raw)))
+        length = None
+        for line in raw[:end].decode("latin-1").splitlines():
+            name, _sep, value = line.partition(":")
+            name = name.strip().lower()
+            value = value.strip()
+            if name == "status" and not value.startswith("200"):
+                raise EngineError("%s: %s: SCGI status %s" % (where, what, value[:100]))
+            if name == "content-length":
+                if not value.isdigit():
+                    raise EngineError("%s: %s: bad Content-Length %r" % (where, what, value[:30]))
+                length = int(value)
+        body = raw[end + sep:]
+        if len(body) > self.max_response_bytes:
+            raise LimitError("%s: %s: response larger than %d bytes" % (where, what, self.max_response_bytes))
+        if length is not None and length != len(body):
+            raise EngineError("%s: %s: response body of %d bytes, Content-Length says %d" % (where, what, len(body), length))
+        return body
+
+
+class RtorrentEngineClient(Engine):
+    """The engine interface for an rtorrent 0.9.x reached on its SCGI unix socket (see the module docstring)."""
+
+    def __init__(self, socket_path=DEFAULT_SOCKET, timeout=30, max_response_bytes=MAX_RESPONSE_BYTES, poll_interval=0.1):
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.transport = ScgiTransport(socket_path, timeout, max_response_bytes)
+
+    # ------------------------------------------------------------------ XML-RPC
+
+    def call(self, method, *params):
+        """Call one XML-RPC method; return its result or raise EngineError naming the method and the fault."""
+        body = xmlrpc.client.dumps(tuple(params), method, encoding="utf-8").encode("utf-8")
+        raw = self.transport.request(body, method)
+        try:
+            result = xmlrpc.client.loads(raw, use_builtin_types=True)[0]
+        except xmlrpc.client.Fault as exc:
+            raise EngineError("rtorrent %s: %s failed: %s (fault %s)" % (self.socket_path, method, exc.faultString, exc.faultCode))
+        except Exception as exc:  # pylint: disable=broad-except
+            # expat and xmlrpc raise several unrelated types for malformed responses
+            raise EngineError("rtorrent %s: %s: malformed XML-RPC response: %s" % (self.socket_path, method, exc))
+        if len(result) != 1:
+            raise EngineError("rtorrent %s: %s: response holds %d values, expected 1" % (self.socket_path, method, len(result)))
+        return result[0]
+
+    def ping(self):
+        """Versions of the rtorrent client and its libtorrent; raise EngineError if unreachable."""
+        return {"ok": True, "engine": "rtorrent", "client_version": self.call("system.client_version"),
+                "library_version": self.call("system.library_version")}
+
+    def keys(self):
+        """The keys (lower-case v1 info-hashes) of every download."""
+        return [str(value).lower() for value in self.call("download_list", "", VIEW)]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _key(self, key, op):
+        text = key.lower() if isinstance(key, str) else None
+        if text is None or not _KEY_RE.match(text):
+            raise EngineError("rtorrent %s: %s: %r is not a 40-hex v1 info-hash" % (self.socket_path, op, key))
+        return text
+
+    def _dir(self, path, op, what):
+        if not isinstance(path, str) or not os.path.isabs(path) or "\0" in path:
+            raise EngineError("rtorrent %s: %s: %s %r is not an absolute path" % (self.socket_path, op, what, path))
+        path = os.path.normpath(path)
+        if not os.path.isdir(path):
+            raise EngineError("rtorrent %s: %s: %s %s is not a directory" % (self.socket_path, op, what, path))
+        return path
+
+    def _wait(self, what, predicate, timeout=None):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise EngineError("rtorrent %s: %s" % (self.socket_path, what))
+            time.sleep(self.poll_interval)
+
+    def _one(self, key, op):
+        found = self.status(key)
+        if not found:
+            raise EngineError("rtorrent %s: %s: no torrent %s" % (self.socket_path, op, key))
+        return found[0]
+
+    # ------------------------------------------------------------------ Engine
+
+    def add(self, torrent_data, save_dir, seed_mode=False):
+        if not isinstance(torrent_data, (bytes, bytearray)):
+            raise EngineError("rtorrent %s: add: torrent data is not bytes" % self.socket_path)
+        meta = parse_torrent(bytes(torrent_data), MAX_TORRENT_BYTES, what="torrent to add to rtorrent")
+        key = meta.info_hash_v1
+        if key in self.keys():
+            return key
+        save_dir = self._dir(save_dir, "add %s" % meta.name, "save_dir")
+        data = meta.data
+        if seed_mode:
+            data = with_fast_resume(data, os.path.join(save_dir, meta.name), meta.piece_size, meta.size)
+        # The directory goes in with the load so that rtorrent checks the fast-resume data against the
+        # file there; it passes rtorrent's command parser, hence the strict character set (no quotes,
+        # commas, semicolons or whitespace that could end the argument and inject commands).
+        if not _SAFE_DIR_RE.match(save_dir):
+            raise EngineError("rtorrent %s: add %s: save_dir %r holds characters other than letters, digits and ._+@%%:=/-"
+                              % (self.socket_path, meta.name, save_dir))
+        self.call("load.raw", "", xmlrpc.client.Binary(data), 'd.directory.set="%s"' % save_dir)
+        self._wait("add %s: rtorrent did not list %s after loading it (rtorrent computes the v1 info-hash "
+                   "over the info dictionary; it refused or rewrote this torrent)" % (meta.name, key),
+                   lambda: key in self.keys())
+        target = key.upper()
+        self.call("d.custom.set", target, CUSTOM_V2, meta.info_hash_v2)
+        self.call("d.custom.set", target, CUSTOM_ADDED, "%.3f" % time.time())
+        self.call("d.start", target)
+        return key
+
+    def status(self, key=None):
+        if key is not None:
+            key = self._key(key, "status")
+            if key not in self.keys():
+                return []
+        rows = self.call("d.multicall2", "", VIEW, *[command for _name, command in _COLUMNS])
+        result = []
+        for row in rows:
+            if not isinstance(row, list) or len(row) != len(_COLUMNS):
+                raise EngineError("rtorrent %s: d.multicall2: malformed row" % self.socket_path)
+            values = dict((name, value) for (name, _command), value in zip(_COLUMNS, row))
+            if key is not None and str(values["hash"]).lower() != key:
+                continue
+            result.append(self._status_from_row(values))
+        return result
+
+    def _bytes_from_seeds(self, target):
+        try:
+            peers = self.call("p.multicall", target, "", "p.completed_percent=", "p.down_total=")
+        except EngineError:
+            return 0
+        return sum(int(down) for percent, down in peers if int(percent) >= 100)
+
+    def _status_from_row(self, values):
+        key = str(values["hash"]).lower()
+        message = str(values["message"] or "")
+        # rtorrent keeps the last tracker message in d.message; those are no torrent errors
+        error = message if message and not message.startswith("Tracker:") else None
+        if values["hashing"]:
+            state = "checking"
+        elif not values["state"] or not values["is_active"]:
+            state = "error" if error else "paused"
+        elif values["complete"]:
+            state = "seeding"
+        else:
+            state = "downloading"
+        size = int(values["size_bytes"])
+        done = int(values["completed_bytes"])
+        try:
+            added_at = float(values["added"]) if values["added"] else float(values["load_date"]) or None
+        except ValueError:
+            added_at = None
+        finished = int(values["finished"])
+        status = {
+            "key": key,
+            "info_hash_v1": key,
+            "info_hash_v2": str(values["v2"]) or None,
+            "name": str(values["name"]),
+            "save_dir": str(values["directory"]),
+            "state": state,
+            "progress": (float(done) / size) if size else 0.0,
+            "total_size": size,
+            "total_done": done,
+            "bytes_from_peers": int(values["down_total"]),
+            "bytes_from_web_seed": 0,
+            "bytes_from_seeds": self._bytes_from_seeds(key.upper()) if int(values["peers_complete"]) else 0,
+            "upload_total": int(values["up_total"]),
+            "num_peers": int(values["peers_connected"]),
+            "num_seeds": int(values["peers_complete"]),
+            "download_rate": int(values["down_rate"]),
+            "upload_rate": int(values["up_rate"]),
+            "hashfail_count": 0,
+            "banned_peers": 0,
+            "error": error,
+            "added_at": added_at,
+            "completed_at": float(finished) if finished else None,
+        }
+        return dict((field, status[field]) for field in STATUS_FIELDS)
+
+    def move(self, key, dest_dir):
+        key = self._key(key, "move")
+        current = self._one(key, "move")
+        dest_dir = self._dir(dest_dir, "move %s" % current["name"], "dest_dir")
+        source = os.path.join(current["save_dir"], current["name"])
+        target = os.path.join(dest_dir, current["name"])
+        what = "move %s from %s to %s" % (current["name"], current["save_dir"], dest_dir)
+        if os.path.normpath(current["save_dir"]) == dest_dir:
+            return
+        if os.path.lexists(target):
+            raise EngineError("rtorrent %s: %s: %s already exists" % (self.socket_path, what, target))
+        try:
+            if os.stat(source).st_dev != os.stat(dest_dir).st_dev:
+                raise EngineError("rtorrent %s: %s: %s is on another filesystem" % (self.socket_path, what, dest_dir))
+        except OSError as exc:
+            raise EngineError("rtorrent %s: %s: %s" % (self.socket_path, what, exc.strerror or exc))
+        handle = key.upper()
+        was_started = current["state"] != "paused"
+        # rtorrent refuses a new directory while the download's files are open: stop and close first
+        self.call("d.stop", handle)
+        self.call("d.close", handle)
+        self._wait("%s: download did not close" % what, lambda: not self.call("d.is_open", handle))
+        try:
+            # rename(2) after a link check: the file appears in dest_dir complete, in one step
+            if os.path.lexists(target):
+                raise EngineError("rtorrent %s: %s: %s already exists" % (self.socket_path, what, target))
+            os.rename(source, target)
+        except OSError as exc:
+            if was_started:
+                self.call("d.start", handle)
+            if exc.errno == errno.EXDEV:
+                raise EngineError("rtorrent %s: %s: %s is on another filesystem" % (self.socket_path, what, dest_dir))
+            raise EngineError("rtorrent %s: %s: %s" % (self.socket_path, what, exc.strerror or exc))
+        self.call("d.directory.set", handle, dest_dir)
+        if was_started:
+            self.call("d.start", handle)
+        self._wait("%s: rtorrent did not take the new directory" % what,
+                   lambda: os.path.normpath(self._one(key, "move")["save_dir"]) == dest_dir)
+
+    def remove(self, key, delete_files=False):
+        key = self._key(key, "remove")
+        found = self.status(key)
+        if not found:
+            return
+        current = found[0]
+        path = os.path.join(current["save_dir"], current["name"])
+        handle = key.upper()
+        self.call("d.erase", handle)
+        self._wait("remove %s: rtorrent still lists it" % key, lambda: key not in self.keys())
+        if delete_files:
+            try:
+                if os.path.isfile(path) and not os.path.islink(path):
+                    os.unlink(path)
+            except OSError as exc:
+                raise EngineError("rtorrent %s: remove %s: deleting %s: %s" % (self.socket_path, key, path, exc.strerror or exc))

@@ -1,0 +1,336 @@
+# -*- coding: utf-8 -*-
+"""The rtorrent engine client against real rtorrent 0.9 processes on loopback, with a real opentracker.
+
+Each rtorrent runs headless (``system.daemon.set = true``) with its own session dir, download dir,
+SCGI unix socket and 127.0.0.x address; everything lives in pytest's temp dirs and is stopped at the end.
+"""
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError
+from ansible_collections.vmic.fleet.plugins.module_utils.rtorrent_engine import RtorrentEngineClient, ScgiTransport
+from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_torrent
+
+PIECE = 64 * 1024
+SIZE = 3 * 1024 * 1024 + 4321
+RTORRENT = shutil.which("rtorrent") or "/usr/bin/rtorrent"
+OPENTRACKER = shutil.which("opentracker") or "/usr/bin/opentracker"
+
+
+def free_port(ip):
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.bind((ip, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def wait_for(what, predicate, timeout=30.0, interval=0.2):
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting for %s" % what)
+        time.sleep(interval)
+
+
+def sha512(path):
+    digest = hashlib.sha512()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class RtorrentProcess(object):
+    """One headless rtorrent with its own session, download dir, socket and address."""
+
+    def __init__(self, base, name, ip):
+        self.dir = os.path.join(base, name)
+        self.session = os.path.join(self.dir, "session")
+        self.downloads = os.path.join(self.dir, "downloads")
+        for path in (self.session, self.downloads):
+            os.makedirs(path)
+        # unix socket paths are limited to about 100 bytes: keep them out of pytest's long paths
+        self.sockdir = tempfile.mkdtemp(prefix="vmic-rt-")
+        self.socket = os.path.join(self.sockdir, "rpc.sock")
+        self.port = free_port(ip)
+        self.rc = os.path.join(self.dir, "rtorrent.rc")
+        self.log_path = os.path.join(self.dir, "rtorrent.log")
+        lines = [
+            "system.daemon.set = true",
+            "session.path.set = %s" % self.session,
+            "directory.default.set = %s" % self.downloads,
+            "network.scgi.open_local = %s" % self.socket,
+            "network.bind_address.set = %s" % ip,
+            "network.port_range.set = %d-%d" % (self.port, self.port),
+            "network.port_random.set = no",
+            "dht.mode.set = disable",
+            "protocol.pex.set = no",
+            "trackers.use_udp.set = no",
+            "pieces.hash.on_completion.set = no",
+        ]
+        with open(self.rc, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+        self.client = RtorrentEngineClient(self.socket, timeout=20)
+        self.proc = None
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([RTORRENT, "-n", "-o", "import=%s" % self.rc], stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=log, cwd=self.dir)
+        wait_for("rtorrent %s to answer" % self.dir, self._answers, timeout=20, interval=0.1)
+        return self
+
+    def _answers(self):
+        if self.proc.poll() is not None:
+            with open(self.log_path, "rb") as handle:
+                raise AssertionError("rtorrent exited with %s: %s" % (self.proc.returncode, handle.read()[-2000:]))
+        if not os.path.exists(self.socket):
+            return False
+        try:
+            return self.client.ping()["ok"]
+        except EngineError:
+            return False
+
+    def status(self, key):
+        found = self.client.status(key)
+        assert len(found) == 1, found
+        return found[0]
+
+    def cleanup(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("rtorrent"))
+
+
+@pytest.fixture(scope="module")
+def image(base):
+    """A random image, its hybrid torrent, and a closed opentracker on 127.0.0.1 that tracks its v1 swarm."""
+    root = os.path.join(base, "tracker")
+    os.makedirs(root)
+    os.chmod(root, 0o755)
+    port = free_port("127.0.0.1")
+    announce = "http://127.0.0.1:%d/announce" % port
+    src = os.path.join(base, "origin")
+    os.makedirs(src)
+    path = os.path.join(src, "cirros.img")
+    with open(path, "wb") as handle:
+        handle.write(os.urandom(SIZE))
+    meta = make_torrent(path, piece_size=PIECE, trackers=[announce])
+    with open(os.path.join(root, "whitelist"), "w") as handle:
+        handle.write("%s\n" % meta.info_hash_v1)
+    os.chmod(os.path.join(root, "whitelist"), 0o644)
+    tracker = subprocess.Popen([OPENTRACKER, "-i", "127.0.0.1", "-p", str(port), "-P", str(port), "-d", root, "-w", "/whitelist"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for("opentracker", lambda: _connects("127.0.0.1", port), timeout=10)
+        yield {"path": path, "dir": src, "meta": meta, "sha512": sha512(path)}
+    finally:
+        tracker.terminate()
+        tracker.wait(timeout=10)
+
+
+def _connects(ip, port):
+    try:
+        socket.create_connection((ip, port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def rtorrents(base, request):
+    """Factory of rtorrent processes, all stopped at the end of the test."""
+    started = []
+
+    def make(name, ip):
+        proc = RtorrentProcess(os.path.join(base, request.node.name), name, ip)
+        started.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in started:
+        proc.cleanup()
+
+
+def test_hybrid_torrent_seeded_in_seed_mode_and_downloaded_moved_removed(rtorrents, image, tmp_path):
+    meta = image["meta"]
+    seed = rtorrents("seed", "127.0.0.2")
+    leech = rtorrents("leech", "127.0.0.3")
+    assert seed.client.ping()["client_version"].startswith("0.9")
+
+    key = seed.client.add(meta.data, image["dir"], seed_mode=True)
+    assert key == meta.info_hash_v1                      # rtorrent's upper-case d.hash, normalised
+    status = seed.status(key)
+    assert status["state"] == "seeding"
+    assert status["info_hash_v2"] == meta.info_hash_v2
+
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    assert leech.client.add(meta.data, str(partial)) == key
+    assert leech.client.add(meta.data, str(tmp_path)) == key      # already there: same key, nothing changes
+    assert leech.client.keys() == [key]
+    done = wait_for("download", lambda: leech.status(key)["state"] == "seeding" and leech.status(key), timeout=60)
+
+    assert sha512(str(partial / meta.name)) == image["sha512"]
+    assert set(done) == set(STATUS_FIELDS)
+    assert done["name"] == meta.name and done["save_dir"] == str(partial)
+    assert done["total_size"] == done["total_done"] == meta.size and done["progress"] == 1.0
+    assert done["bytes_from_peers"] >= meta.size and done["bytes_from_web_seed"] == 0
+    assert done["error"] is None and done["hashfail_count"] == 0
+    assert done["completed_at"] >= int(done["added_at"]) > 0       # rtorrent keeps whole seconds
+    assert seed.status(key)["upload_total"] >= meta.size
+
+    store = tmp_path / "store"
+    store.mkdir()
+    leech.client.move(key, str(store))
+    assert (store / meta.name).is_file() and not (partial / meta.name).exists()
+    moved = leech.status(key)
+    assert moved["save_dir"] == str(store) and moved["state"] == "seeding" and moved["total_done"] == meta.size
+    assert sha512(str(store / meta.name)) == image["sha512"]
+
+    leech.client.remove(key, delete_files=True)
+    assert leech.client.status(key) == [] and leech.client.keys() == []
+    assert not (store / meta.name).exists()
+    leech.client.remove(key)                              # absent: nothing to do
+    seed.client.remove(key)                               # keeps the file
+    assert os.path.isfile(image["path"])
+
+
+def _zeroed_copy(image, directory):
+    """A file of the image's name, size and mtime whose content is zeros: only hashing tells it apart."""
+    path = os.path.join(str(directory), image["meta"].name)
+    with open(path, "wb") as handle:
+        handle.write(b"\0" * image["meta"].size)
+    stat = os.stat(image["path"])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return path
+
+
+def test_seed_mode_trusts_the_file_and_plain_add_hashes_it(rtorrents, image, tmp_path):
+    meta = image["meta"]
+    trusted, checked = tmp_path / "trusted", tmp_path / "checked"
+    trusted.mkdir()
+    checked.mkdir()
+    _zeroed_copy(image, trusted)
+    _zeroed_copy(image, checked)
+    first = rtorrents("first", "127.0.0.4")
+    key = first.client.add(meta.data, str(trusted), seed_mode=True)
+    # seed mode: rtorrent takes the fast-resume data (size and mtime match) and never reads the file
+    assert first.status(key)["state"] == "seeding" and first.status(key)["total_done"] == meta.size
+    second = rtorrents("second", "127.0.0.9")
+    key = second.client.add(meta.data, str(checked))
+    status = wait_for("hash check", lambda: second.status(key)["state"] != "checking" and second.status(key), timeout=30)
+    assert status["total_done"] == 0 and status["state"] == "downloading"
+    second.client.remove(key)
+    assert os.path.isfile(str(checked / meta.name))
+
+
+def test_seed_mode_refuses_a_file_of_the_wrong_size(rtorrents, image, tmp_path):
+    meta = image["meta"]
+    node = rtorrents("node", "127.0.0.5")
+    (tmp_path / meta.name).write_bytes(b"x" * 100)
+    with pytest.raises(EngineError, match="holds 100 bytes"):
+        node.client.add(meta.data, str(tmp_path), seed_mode=True)
+    assert node.client.keys() == []
+
+
+def test_move_refuses_an_existing_target_and_keeps_seeding(rtorrents, image, tmp_path):
+    meta = image["meta"]
+    node = rtorrents("node", "127.0.0.6")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(image["path"], str(work / meta.name))
+    key = node.client.add(meta.data, str(work), seed_mode=True)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / meta.name).write_bytes(b"other")
+    with pytest.raises(EngineError, match="already exists"):
+        node.client.move(key, str(occupied))
+    assert (occupied / meta.name).read_bytes() == b"other"
+    assert node.status(key)["save_dir"] == str(work)
+    with pytest.raises(EngineError, match="not a directory"):
+        node.client.move(key, str(tmp_path / "missing"))
+
+
+def test_bad_requests_name_the_reason(rtorrents, image, tmp_path):
+    node = rtorrents("node", "127.0.0.7")
+    with pytest.raises(EngineError, match="not a 40-hex"):
+        node.client.status("xyz")
+    assert node.client.status("0" * 40) == []
+    with pytest.raises(EngineError, match="not an absolute path"):
+        node.client.add(image["meta"].data, "relative/dir")
+    with pytest.raises(EngineError, match="no torrent"):
+        node.client.move("0" * 40, str(tmp_path))
+    with pytest.raises(EngineError, match="d.name failed"):
+        node.client.call("d.name", "0" * 40)
+
+
+def test_response_size_limit(rtorrents):
+    node = rtorrents("node", "127.0.0.8")
+    small = RtorrentEngineClient(node.socket, timeout=10, max_response_bytes=1000)
+    with pytest.raises(LimitError, match="larger than 1000 bytes"):
+        small.call("system.listMethods")
+
+
+def test_silent_socket_times_out(tmp_path):
+    sockdir = tempfile.mkdtemp(prefix="vmic-rt-")
+    path = os.path.join(sockdir, "silent.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    accepted = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept()))
+    thread.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(EngineError, match="no complete answer"):
+            RtorrentEngineClient(path, timeout=1).call("system.client_version")
+        assert time.monotonic() - started < 5
+    finally:
+        thread.join(5)
+        for conn, _addr in accepted:
+            conn.close()
+        server.close()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_scgi_framing_and_malformed_responses():
+    framed = ScgiTransport.frame(b"<x/>")
+    length, rest = framed.split(b":", 1)
+    assert rest[int(length):int(length) + 1] == b","
+    assert rest.startswith(b"CONTENT_LENGTH\x004\x00SCGI\x001\x00") and framed.endswith(b",<x/>")
+    transport = ScgiTransport("/nonexistent")
+    assert transport.parse_response(b"Status: 200 OK\r\nContent-Length: 3\r\n\r\nabc", "m") == b"abc"
+    with pytest.raises(EngineError, match="SCGI status 500"):
+        transport.parse_response(b"Status: 500 Internal\r\n\r\n", "m")
+    with pytest.raises(EngineError, match="Content-Length says 9"):
+        transport.parse_response(b"Content-Length: 9\r\n\r\nabc", "m")
+    with pytest.raises(EngineError, match="no SCGI response header"):
+        transport.parse_response(b"garbage", "m")
+    with pytest.raises(EngineError, match="failed"):
+        RtorrentEngineClient("/nonexistent/rpc.sock", timeout=1).ping()
