@@ -61,10 +61,20 @@ def t_min(size, nodes, rate_mbit, seed_rate_mbit):
     return max(size / u_s, size / u_i, nodes * size / (u_s + nodes * u_i))
 
 
+def cpu_ticks():
+    """(busy, total) jiffies of the whole machine from /proc/stat."""
+    with open("/proc/stat", "r", encoding="ascii") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def run_bittorrent(swarm, meta, deadline):
-    """Give every engine the torrent at once; return ({node: seconds}, t0, seed egress bytes)."""
+    """Give every engine the torrent at once; return ({node: seconds}, seed upload, web seed bytes,
+    statuses, machine CPU busy fraction during the phase)."""
     swarm.seed(meta)
     swarm.start_peers()
+    cpu0 = cpu_ticks()
     t0 = time.time()
     key = swarm.add_everywhere(meta)
     done = {}
@@ -82,11 +92,13 @@ def run_bittorrent(swarm, meta, deadline):
         if time.monotonic() > end:
             raise RuntimeError("bittorrent phase: %d of %d nodes done after %ss" % (len(done), len(swarm.peers), deadline))
         time.sleep(0.25)
+    cpu1 = cpu_ticks()
+    busy = (cpu1[0] - cpu0[0]) / float(max(1, cpu1[1] - cpu0[1]))
     time.sleep(1.5)  # let the engines' byte counters take their last sample
     seed_up = swarm.seed_node.one(key)["upload_total"]
     web = swarm.web_seed_stats()["bytes_served"]
     statuses = swarm.statuses(key)
-    return done, seed_up, web, statuses
+    return done, seed_up, web, statuses, busy
 
 
 def _fetch_all(swarm, pairs, dest_name, deadline):
@@ -193,11 +205,12 @@ def bench_once(args, workdir):
         print("fleet: %d nodes, image %d bytes (%d pieces of %d KiB), links %g Mbit/s, seed %g Mbit/s, engine %s"
               % (args.nodes, size, (size + meta.piece_size - 1) // meta.piece_size, args.piece_kib,
                  args.rate_mbit, seed_rate, args.engine), flush=True)
-        bt, seed_up, web, statuses = run_bittorrent(swarm, meta, args.deadline)
+        bt, seed_up, web, statuses, busy = run_bittorrent(swarm, meta, args.deadline)
         for node in [swarm.seed_node] + swarm.peers:
             node.stop()
         uploads = sorted(st["upload_total"] for st in statuses.values() if st)
         result = {"nodes": args.nodes, "size": size, "t_min": bound, "bt": bt, "seed_up": seed_up, "web": web,
+                  "cpu_busy": busy,
                   "peer_upload_min": uploads[0], "peer_upload_max": uploads[-1],
                   "peer_upload_zero": sum(1 for u in uploads if u < meta.piece_size)}
         if args.baselines:
@@ -219,6 +232,8 @@ def report(result):
     for label, times in rows:
         p50, p90, top = summarize(times)
         print("%-11s %8.1f %8.1f %8.1f %8.2f" % (label, p50, p90, top, top / bound))
+    print("machine CPU busy during the bittorrent phase: %.0f%% of %d cores" % (100 * result["cpu_busy"],
+                                                                          os.cpu_count() or 1))
     print("T_min %.1f s; seed egress %.2f F (engine %.2f F + web seed %.2f F); peer uploads %.2f..%.2f F, "
           "%d peers uploaded less than a piece%s" % (
               bound, (result["seed_up"] + result["web"]) / size, result["seed_up"] / size, result["web"] / size,

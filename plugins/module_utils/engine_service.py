@@ -279,6 +279,7 @@ class TorrentRecord(object):
         self.last_rotate = time.time()
         self.rotating = False
         self.last_payload = 0
+        self.file_error = None       # last storage error (a full disk does not set the torrent's error code)
 
     def state_dict(self):
         """What goes into <key>.state.json."""
@@ -695,7 +696,12 @@ class EngineService(object):
             self._wake("move", record.key, None)
         elif isinstance(alert, lt.storage_moved_failed_alert):
             self._wake("move", record.key, "%s: %s" % (alert.file_path, alert.message()))
-        elif isinstance(alert, (lt.torrent_error_alert, lt.file_error_alert, lt.fastresume_rejected_alert)):
+        elif isinstance(alert, lt.file_error_alert):
+            # libtorrent stops writing but leaves the torrent's error code clear (seen with ENOSPC):
+            # keep the reason so that status reports it instead of a download that never ends.
+            record.file_error = alert.message()
+            LOG.error("torrent %s: %s", record.key, alert.message())
+        elif isinstance(alert, (lt.torrent_error_alert, lt.fastresume_rejected_alert)):
             LOG.error("torrent %s: %s", record.key, alert.message())
         elif isinstance(alert, lt.tracker_error_alert):
             LOG.warning("torrent %s: %s", record.key, alert.message())
@@ -815,12 +821,28 @@ class EngineService(object):
                 records = [r for r in self.torrents.values() if r is not None]
         return {"ok": True, "torrents": [self._status_dict(r) for r in records]}
 
+    def _verified_bytes(self, record, status):
+        """Bytes of pieces that passed the hash check (libtorrent's total_done also counts unchecked blocks)."""
+        if status.is_seeding:
+            return record.meta.size
+        piece = record.meta.piece_size
+        last = (record.meta.size - 1) // piece
+        done = int(status.num_pieces) * piece
+        try:
+            if status.num_pieces and record.handle.have_piece(last):
+                done -= piece - (record.meta.size - last * piece)
+        except RuntimeError:
+            pass
+        return max(0, min(done, record.meta.size))
+
     def _status_dict(self, record):
         lt = self.lt
+        self._sample(record)     # counters as of this request, not of the last periodic sample
         status = record.handle.status()
         states = lt.torrent_status.states
         checking = (states.checking_files, states.checking_resume_data, getattr(states, "queued_for_checking", states.checking_files))
-        if status.errc.value() != 0:
+        file_error = record.file_error if not (status.is_seeding or status.is_finished) else None
+        if status.errc.value() != 0 or file_error:
             state = "error"
         elif status.state in checking:
             state = "checking"
@@ -835,6 +857,8 @@ class EngineService(object):
             error = status.errc.message()
             if status.error_file >= 0:
                 error = "%s (file %d)" % (error, status.error_file)
+        elif file_error:
+            error = file_error
         with self.lock:
             counters = dict(record.counters)
         result = {
@@ -846,7 +870,7 @@ class EngineService(object):
             "state": state,
             "progress": float(status.progress),
             "total_size": record.meta.size,
-            "total_done": int(status.total_done),
+            "total_done": self._verified_bytes(record, status),
             "upload_total": int(status.all_time_upload),
             "num_peers": int(status.num_peers),
             "num_seeds": int(status.num_seeds),
