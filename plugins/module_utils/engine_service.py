@@ -313,6 +313,7 @@ class EngineService(object):
         self.session = None
         self.server = None
         self.lock = threading.RLock()
+        self.sample_lock = threading.Lock()   # one sample at a time: the tick and status requests both sample
         self.torrents = {}
         self.waiters = {}
         self.stopping = threading.Event()
@@ -540,6 +541,10 @@ class EngineService(object):
         connections that closed in that interval (a non-seed peer if the connection never lived
         through a sample).
         """
+        with self.sample_lock:
+            return self._sample_locked(record)
+
+    def _sample_locked(self, record):
         lt = self.lt
         try:
             infos = record.handle.get_peer_info()

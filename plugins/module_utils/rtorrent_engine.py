@@ -294,6 +294,11 @@ class RtorrentEngineClient(Engine):
         self.call("d.custom.set", target, CUSTOM_V2, meta.info_hash_v2)
         self.call("d.custom.set", target, CUSTOM_ADDED, "%.3f" % time.time())
         self.call("d.start", target)
+        if seed_mode:
+            # rtorrent applies the fast-resume data in its (quick, data-free) initial check: wait for it, so that
+            # the torrent is seeding when add returns, as with the libtorrent engine
+            self._wait("add %s: rtorrent did not finish the initial check of %s" % (meta.name, key),
+                       lambda: self.call("d.is_hash_checked", target) and not self.call("d.is_hash_checking", target))
         return key
 
     def status(self, key=None):

@@ -253,7 +253,9 @@ def test_rate_limit_between_loopback_peers_and_resume_after_sigkill(engines, ima
     assert kept > 0, "no verified piece survived the SIGKILL"
     done = wait_for("the resumed download", lambda: leech.status(key)["state"] == "seeding" and leech.status(key))
     assert sha512(str(target / meta.name)) == image["sha512"]
-    wait_for("byte accounting", lambda: leech.status(key)["bytes_from_peers"] >= counted_at_restart + SIZE - kept)
+    # total_done counts verified pieces only; blocks of unfinished pieces also survive in the resume
+    # data, so up to a few pieces less than SIZE - kept may have to travel again.
+    wait_for("byte accounting", lambda: leech.status(key)["bytes_from_peers"] >= counted_at_restart + SIZE - kept - 4 * PIECE)
     after_restart = leech.status(key)["bytes_from_peers"] - counted_at_restart
     assert after_restart < SIZE
     assert after_restart <= SIZE - kept + 8 * PIECE

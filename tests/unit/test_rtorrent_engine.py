@@ -244,7 +244,8 @@ def test_seed_mode_trusts_the_file_and_plain_add_hashes_it(rtorrents, image, tmp
     assert first.status(key)["state"] == "seeding" and first.status(key)["total_done"] == meta.size
     second = rtorrents("second", "127.0.0.9")
     key = second.client.add(meta.data, str(checked))
-    status = wait_for("hash check", lambda: second.status(key)["state"] != "checking" and second.status(key), timeout=30)
+    wait_for("hash check", lambda: second.client.call("d.is_hash_checked", key.upper()) == 1, timeout=30)
+    status = second.status(key)
     assert status["total_done"] == 0 and status["state"] == "downloading"
     second.client.remove(key)
     assert os.path.isfile(str(checked / meta.name))
