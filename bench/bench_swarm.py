@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Benchmark of the vmic.fleet data plane against the line-rate bound and two baselines.
 
 One run builds a fleet of network namespaces (``tests/testfleet``): a repository host (engine
@@ -140,7 +140,7 @@ def _start_http_servers(swarm, nodes):
             if proc.poll() is not None or time.monotonic() > end:
                 raise RuntimeError("HTTP server did not start (%s)" % stats)
             time.sleep(0.05)
-    return [proc for proc, _ in servers]
+    return [server[0] for server in servers]
 
 
 def _clear_http(swarm):
@@ -232,8 +232,7 @@ def report(result):
     for label, times in rows:
         p50, p90, top = summarize(times)
         print("%-11s %8.1f %8.1f %8.1f %8.2f" % (label, p50, p90, top, top / bound))
-    print("machine CPU busy during the bittorrent phase: %.0f%% of %d cores" % (100 * result["cpu_busy"],
-                                                                          os.cpu_count() or 1))
+    print("machine CPU busy during the bittorrent phase: %.0f%% of %d cores" % (100 * result["cpu_busy"], os.cpu_count() or 1))
     print("T_min %.1f s; seed egress %.2f F (engine %.2f F + web seed %.2f F); peer uploads %.2f..%.2f F, "
           "%d peers uploaded less than a piece%s" % (
               bound, (result["seed_up"] + result["web"]) / size, result["seed_up"] / size, result["web"] / size,

@@ -30,7 +30,7 @@ def make_image(directory, name, seed):
     raw = path + ".raw"
     generator = random.Random(seed)
     with open(raw, "wb") as handle:
-        for _ in range(SIZE // 65536):
+        for _block in range(SIZE // 65536):
             handle.write(generator.randbytes(65536))
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path + ".tmp"], check=True)
     os.rename(path + ".tmp", path)

@@ -44,7 +44,7 @@ def test_fleet_hosts_reach_each_other_and_teardown_removes_everything():
         server = fleet[0].popen([sys.executable, "-c",
                                  "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
                                  "s.bind(('%s', 7000)); s.listen(); c,_=s.accept(); c.close()" % fleet[0].addr])
-        for _ in range(50):
+        for _attempt in range(50):
             probe = fleet[2].run([sys.executable, "-c", code, fleet[0].addr, "7000"], check=False)
             if probe.returncode == 0:
                 break

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """A bare libtorrent session in one process: the reference peer of the test fleet.
 
 Used (1) as a baseline peer for the benchmark (``--engine bare``) and (2) as the *corrupting* peer of
@@ -98,7 +98,7 @@ class BarePeer:
         self.extra[key] = {"hashfail_count": 0, "banned_peers": 0, "error": None, "added_at": time.time(),
                            "completed_at": None, "peers": {}}
         for peer in self.args.peer:
-            host, _, port = peer.rpartition(":")
+            host, _sep, port = peer.rpartition(":")
             handle.connect_peer((host, int(port)))
         return handle
 

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Threaded HTTP/1.1 file server with Range support and byte counters; also a small fetch client.
 
 libtorrent's web seeds (BEP 19) send ``Range: bytes=a-b`` requests; Python's SimpleHTTPRequestHandler

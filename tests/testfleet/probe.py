@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """Ask an HTTP tracker about one info-hash, from inside a namespace; prints the decoded answer as JSON.
 
     python3 probe.py announce http://198.18.1.1:6969/announce <40 hex>
@@ -36,7 +36,7 @@ def announce(url, info_hash_hex, timeout=10):
     marker = b"14:failure reason"
     if marker in raw:
         rest = raw[raw.index(marker) + len(marker):]
-        length, _, tail = rest.partition(b":")
+        length, _sep, tail = rest.partition(b":")
         failure = tail[:int(length)].decode("utf-8", "replace") if length.isdigit() else "unparsable failure"
     return {"ok": failure is None and raw.startswith(b"d"), "failure": failure,
             "raw": raw[:200].decode("latin-1")}

@@ -571,6 +571,5 @@ def summary(status):
         if st is None:
             lines.append("%s: no status" % name)
         else:
-            lines.append("%s: %s %.0f%% peers=%s err=%s" % (name, st["state"], 100 * st["progress"],
-                                                           st.get("num_peers"), st.get("error")))
+            lines.append("%s: %s %.0f%% peers=%s err=%s" % (name, st["state"], 100 * st["progress"], st.get("num_peers"), st.get("error")))
     return "; ".join(lines)

@@ -92,8 +92,7 @@ class Tracker:
         last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise FleetError("opentracker on %s exited %s: %s" % (self.host.name, self.proc.returncode,
-                                                                     self._log_tail()))
+                raise FleetError("opentracker on %s exited %s: %s" % (self.host.name, self.proc.returncode, self._log_tail()))
             try:
                 self.probe("00" * 20)
                 return self

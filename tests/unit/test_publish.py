@@ -57,7 +57,7 @@ def test_signed_list_carries_verified_torrent_fields(pki, tmp_path, image_file):
 
 
 def test_second_run_changes_nothing(pki, tmp_path, image_file):
-    first, _ = plan(pki, catalogue(image_file), tmp_path)
+    first, _publisher = plan(pki, catalogue(image_file), tmp_path)
     second, publisher = plan(pki, catalogue(image_file), tmp_path, existing=first.envelope)
     assert not second.changed and second.envelope is None
     assert second.image_list.version == "1"
@@ -65,7 +65,7 @@ def test_second_run_changes_nothing(pki, tmp_path, image_file):
 
 
 def test_changed_image_bumps_version_and_torrent(pki, tmp_path, image_file):
-    first, _ = plan(pki, catalogue(image_file), tmp_path)
+    first, _publisher = plan(pki, catalogue(image_file), tmp_path)
     image_file.write_bytes(os.urandom(120000))
     os.utime(str(image_file), (1, 2e9))
     second, publisher = plan(pki, catalogue(image_file), tmp_path, existing=first.envelope)
@@ -75,9 +75,9 @@ def test_changed_image_bumps_version_and_torrent(pki, tmp_path, image_file):
 
 
 def test_renewal_due_resigns_unchanged_content(pki, tmp_path, image_file):
-    first, _ = plan(pki, catalogue(image_file), tmp_path, lifetime_days=10, renew_before_days=3)
+    first, _publisher = plan(pki, catalogue(image_file), tmp_path, lifetime_days=10, renew_before_days=3)
     later = first.image_list.created_epoch + 8 * 86400
-    second, _ = plan(pki, catalogue(image_file), tmp_path, existing=first.envelope, lifetime_days=10, renew_before_days=3, now=later)
+    second, _publisher = plan(pki, catalogue(image_file), tmp_path, existing=first.envelope, lifetime_days=10, renew_before_days=3, now=later)
     assert second.changed and "renewal" in second.reason and second.image_list.version == "2"
 
 
@@ -116,5 +116,5 @@ def test_hash_cache_avoids_rehash(tmp_path, image_file):
 
 
 def test_signed_content_reads_our_envelope(pki, tmp_path, image_file):
-    first, _ = plan(pki, catalogue(image_file), tmp_path)
+    first, _publisher = plan(pki, catalogue(image_file), tmp_path)
     assert parse_image_list(signed_content(first.envelope), "x").identifier == LIST_ID
