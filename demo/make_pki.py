@@ -4,7 +4,7 @@
 
 Writes (idempotent: an existing, complete PKI is kept):
   OUT_DIR/ca/              trust anchors in IGTF layout: <hash>.0 (certificate), <hash>.r0 (CRL)
-  OUT_DIR/ca.pem           the demo CA certificate (also the site's TLS CA)
+  OUT_DIR/ca.pem           the demo CA certificate (also the site's TLS CA); OUT_DIR/ca.crl.pem its CRL
   OUT_DIR/endorsers/<name>.{crt,key}   two endorsers: "cern-demo" and "desy-demo"
   OUT_DIR/tls/repo.{crt,key}           the repository's HTTPS certificate (DNS name "repo")
   OUT_DIR/pki.json         DNs and paths, for the inventory
@@ -75,6 +75,7 @@ def main(out):
                                   check=True, stdout=subprocess.PIPE).stdout.decode().strip()
     write(os.path.join(out, "ca", "%s.0" % subject_hash), ca_pem)
     write(os.path.join(out, "ca", "%s.r0" % subject_hash), crl.public_bytes(serialization.Encoding.PEM))
+    write(os.path.join(out, "ca.crl.pem"), crl.public_bytes(serialization.Encoding.PEM))
 
     info = {"ca_dn": one_line(ca_name), "ca_dir": os.path.join(out, "ca"), "ca_file": os.path.join(out, "ca.pem"), "endorsers": {}}
     for endorser in ENDORSERS:
