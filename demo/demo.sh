@@ -42,14 +42,18 @@ step "Demo PKI"
 step "Disk images and catalogues (stage 1)"
 "${PY}" demo/make_content.py "${DEMO}" 1
 
-step "Booting the demo fleet (first run: builds a Debian base root with debootstrap, about a minute)"
-"${PY}" tests/testfleet/fleetctl.py create --name "${FLEET}" --hosts repo,tracker,hv01..hv06 \
-    --group cluster_a=hv01..hv03 --group cluster_b=hv04..hv06 --rate-mbit 100 >/dev/null
+if "${PY}" tests/testfleet/fleetctl.py show --name "${FLEET}" >/dev/null 2>&1; then
+    step "The demo fleet is running already: using it (make demo-clean starts over)"
+else
+    step "Booting the demo fleet (first run: builds a Debian base root with debootstrap, about a minute)"
+    "${PY}" tests/testfleet/fleetctl.py create --name "${FLEET}" --hosts repo,tracker,hv01..hv06 \
+        --group cluster_a=hv01..hv03 --group cluster_b=hv04..hv06 --rate-mbit 100 >/dev/null
+fi
 FLEET_INVENTORY="$("${PY}" tests/testfleet/fleetctl.py inventory --name "${FLEET}")"
 playbook() { ansible-playbook -i "${FLEET_INVENTORY}" -i inventory/demo "$@"; }
 
 step "Deploying the fleet (playbooks/site.yml)"
-playbook playbooks/site.yml
+[[ -n "${VMIC_DEMO_SKIP_SITE:-}" ]] || playbook playbooks/site.yml
 
 step "Publishing the signed image lists (playbooks/publish.yml)"
 playbook playbooks/publish.yml

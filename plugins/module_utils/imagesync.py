@@ -103,10 +103,13 @@ class SyncPlan(object):
         }
 
     def diff(self):
-        """before/after text for Ansible's diff: one line per image held."""
-        before = sorted("%s %s\n" % (s.identifier, s.version) for s in self.keep + self.retire)
-        after = sorted(["%s %s\n" % (s.identifier, s.version) for s in self.keep] + ["%s %s\n" % (p.identifier, p.version) for p in self.add])
-        return {"before": "".join(before), "after": "".join(after)}
+        """before/after text for Ansible's diff: one line per image held (identifier, version, title)."""
+        def line(identifier, version, title):
+            return "%s %s (%s)\n" % (identifier, version, title)
+        held = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep + self.retire]
+        after = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep]
+        after += [line(p.identifier, p.version, p.image.get("dc:title")) for p in self.add]
+        return {"before": "".join(sorted(held)), "after": "".join(sorted(after))}
 
 
 def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, record=True, https_ca_file=None, allow_http=False,

@@ -75,7 +75,7 @@ MASKED_UNITS = (
     "fstrim.timer", "systemd-timesyncd.service", "systemd-networkd-wait-online.service",
 )
 # Services of packages in the base that the roles start themselves, where and when they need them.
-DISABLED_UNITS = ("opentracker.service", "rtorrent.service")
+DISABLED_UNITS = ("opentracker.service", "rtorrent.service", "nginx.service")
 
 
 def _progress_stderr(message):
