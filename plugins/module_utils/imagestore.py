@@ -8,7 +8,8 @@ Layout (``store_dir``, one filesystem so that every move is a rename)::
     <store_dir>/<identifier>/<version>/<file name>   the verified image, read-only (0444)
     <store_dir>/<identifier>/<version>.json          its signed metadata + verification record
     <store_dir>/<identifier>/current                 symlink -> <version>/<file name>
-    <store_dir>/.partial/<identifier>/<version>/      downloads in progress (the engine writes here)
+    <store_dir>/.partial/<identifier>/<version>/      downloads in progress (the engine writes here; 0711 so
+                                                      an engine running as its own user reaches its dirs)
     <archive_dir>/<identifier>/<version>/...          retired images, when retiring by archive
 
 An image is in the store exactly when its ``<version>.json`` exists: the file is verified (size and
@@ -119,10 +120,11 @@ class ImageStore(object):
         self.archive_dir = os.path.abspath(archive_dir) if archive_dir else None
 
     def ensure(self):
-        """Create the store and its partial area (mode 0755 / 0750)."""
-        for path, mode in ((self.store_dir, 0o755), (os.path.join(self.store_dir, PARTIAL), 0o750)):
+        """Create the store and its partial area (mode 0755 / 0711)."""
+        for path, mode in ((self.store_dir, 0o755), (os.path.join(self.store_dir, PARTIAL), 0o711)):
             if not os.path.isdir(path):
                 os.makedirs(path, mode=mode)
+            os.chmod(path, mode)
 
     def partial_dir(self, identifier, version):
         """Where the engine downloads this image to."""

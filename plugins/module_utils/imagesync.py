@@ -176,7 +176,28 @@ def _write_progress(store, items, started):
     write_atomic(os.path.join(store.store_dir, PARTIAL, PROGRESS_FILE), json.dumps(progress).encode("utf-8"), 0o644)
 
 
-def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True):
+def _engine_owned_dir(path, mode, owner):
+    """Create ``path``; hand it to the engine's user when the engine does not run as root (rtorrent)."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=mode)
+    if owner is not None:
+        os.chown(path, owner[0], owner[1])
+
+
+def engine_owner(spec):
+    """(uid, gid) of the engine's ``user`` from the engine spec, or None when it runs as root."""
+    user = (spec or {}).get("user")
+    if not user or user == "root":
+        return None
+    import pwd  # pylint: disable=import-outside-toplevel
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise EngineError("engine user %s does not exist on this host" % user)
+    return entry.pw_uid, entry.pw_gid
+
+
+def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None):
     """Download and verify every image to add; commit all only when all verified. Returns per-image results.
 
     With ``commit=False`` (the download phase of a rollout) verified data stays in the partial area,
@@ -203,8 +224,7 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     started = time.time()
     for planned, data, meta in torrents:
         partial = store.partial_dir(planned.identifier, planned.version)
-        if not os.path.isdir(partial):
-            os.makedirs(partial, mode=0o750)
+        _engine_owned_dir(partial, 0o750, owner)
         planned.name = meta.name
         planned.started = time.time()
         planned.key = engine.add(data, partial)
@@ -251,8 +271,7 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
         return results
     for planned in plan.add:
         final = store.final_dir(planned.identifier, planned.version)
-        if not os.path.isdir(final):
-            os.makedirs(final, mode=0o755)
+        _engine_owned_dir(final, 0o755, owner)
         engine.move(planned.key, final)
         _wait_moved(planned, final)
         store.commit(planned.identifier, planned.version, planned.name, {

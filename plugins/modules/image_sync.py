@@ -87,7 +87,10 @@ options:
     type: path
     default: /var/lib/vmic/archive
   engine:
-    description: The engine to use - C(kind) (V(libtorrent) or V(rtorrent)) and C(socket) (its control socket).
+    description:
+      - The engine to use - C(kind) (V(libtorrent) or V(rtorrent)), C(socket) (its control socket) and,
+        for an engine that does not run as root (rtorrent), C(user) - the image's download and final
+        directories are handed to that user.
     type: dict
     default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
   phase:
@@ -177,7 +180,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import (
-    TransferFailed, engine_from_spec, plan_sync, retire, transfer, verify_lists)
+    TransferFailed, engine_from_spec, engine_owner, plan_sync, retire, transfer, verify_lists)
 from ansible_collections.vmic.fleet.plugins.module_utils.liststate import ListStateStore
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module
@@ -239,7 +242,7 @@ def main():
             module.exit_json(**result)
         engine = engine_from_spec(params["engine"]) if (plan.add or plan.retire) else None
         result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"],
-                                    commit=not downloading)
+                                    commit=not downloading, owner=engine_owner(params["engine"]))
         if not downloading:
             result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
         if result["in_use"]:
