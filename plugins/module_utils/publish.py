@@ -26,7 +26,6 @@ source changes nothing; the list is re-signed (and bumped) when it is about to e
 from __future__ import annotations
 
 import email
-import hashlib
 import json
 import os
 import posixpath
@@ -37,6 +36,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import (
     MAX_LIST_BYTES, build_image_list, parse_image_list)
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import file_digest
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import check_signing_certificate, sign_detached
 
 try:
@@ -46,25 +46,16 @@ except ImportError:  # pragma: no cover - Python 2 is not supported
 
 MAX_CATALOGUE_BYTES = 4 * 1024 * 1024
 MAX_CERT_BYTES = 256 * 1024
-HASH_CHUNK = 4 * 1024 * 1024
 # Fields the signer computes; a catalogue may not set them for the list.
 COMPUTED_LIST_FIELDS = ("hv:version", "dc:date:created", "dc:date:expires", "hv:endorser", "hv:images")
 
 
 def hash_file(path):
-    """sha512 (hex) and size of a file, read in chunks."""
-    digest, size = hashlib.sha512(), 0
+    """sha512 (hex) and size of an image file; ImageListError naming the file when it cannot be read."""
     try:
-        with open(path, "rb") as handle:
-            while True:
-                chunk = handle.read(HASH_CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                size += len(chunk)
+        return file_digest(path)
     except OSError as exc:
         raise ImageListError("image file %s: %s" % (path, exc.strerror or exc))
-    return digest.hexdigest(), size
 
 
 def load_catalogue(path):
