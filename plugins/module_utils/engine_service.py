@@ -75,6 +75,7 @@ MAX_STATE_BYTES = 64 * 1024
 MAX_RESUME_BYTES = 32 * 1024 * 1024
 WAIT_SECONDS = 25
 TICK_SECONDS = 1.0
+ALERT_POLL_SECONDS = 0.1
 
 DEFAULTS = {
     "socket": "/run/vmic-engine/engine.sock",
@@ -451,7 +452,10 @@ class EngineService(object):
         next_tick = time.time()
         try:
             while not self.stopping.is_set():
-                self.session.wait_for_alert(250)
+                # Poll instead of session.wait_for_alert(): with Debian's libtorrent 2.0.8 bindings,
+                # wait_for_alert in this thread while a request thread adds a torrent crashed the
+                # process (SIGSEGV); pop_alerts from this one thread is safe.
+                self.stopping.wait(ALERT_POLL_SECONDS)
                 self._handle_alerts()
                 if time.time() >= next_tick:
                     next_tick = time.time() + TICK_SECONDS
@@ -483,7 +487,7 @@ class EngineService(object):
             self._save_resume(record, force=True)
         deadline = time.time() + 10
         while time.time() < deadline and any(r.resume_pending > 0 for r in records):
-            self.session.wait_for_alert(200)
+            time.sleep(ALERT_POLL_SECONDS)
             self._handle_alerts()
         for record in records:
             try:
