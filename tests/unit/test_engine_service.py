@@ -6,7 +6,6 @@ peer class, so these tests also show that rate limits apply between them.
 """
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FI
 from ansible_collections.vmic.fleet.plugins.module_utils.engine_service import main, validate_config
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_torrent, v2_truncated
+from waiting import free_port, sha512, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIONS = os.path.join(ROOT, ".tmp", "collections")
@@ -35,33 +35,6 @@ ENGINE_MODULE = "ansible_collections.vmic.fleet.plugins.module_utils.engine_serv
 PIECE = 64 * 1024
 SIZE = 6 * 1024 * 1024 + 4321
 RATE = 1000000          # bytes/s upload cap of the rate-limited seed
-
-
-def free_port(ip):
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    probe.bind((ip, 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
-def wait_for(what, predicate, timeout=30.0, interval=0.2):
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError("timed out waiting for %s" % what)
-        time.sleep(interval)
-
-
-def sha512(path):
-    digest = hashlib.sha512()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class EngineProcess(object):

@@ -5,7 +5,6 @@ Each rtorrent runs headless (``system.daemon.set = true``) with its own session 
 SCGI unix socket and 127.0.0.x address; everything lives in pytest's temp dirs and is stopped at the end.
 """
 
-import hashlib
 import os
 import shutil
 import signal
@@ -21,38 +20,12 @@ from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FI
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError
 from ansible_collections.vmic.fleet.plugins.module_utils.rtorrent_engine import RtorrentEngineClient, ScgiTransport
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_torrent
+from waiting import free_port, sha512, wait_for
 
 PIECE = 64 * 1024
 SIZE = 3 * 1024 * 1024 + 4321
 RTORRENT = shutil.which("rtorrent") or "/usr/bin/rtorrent"
 OPENTRACKER = shutil.which("opentracker") or "/usr/bin/opentracker"
-
-
-def free_port(ip):
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    probe.bind((ip, 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    return port
-
-
-def wait_for(what, predicate, timeout=30.0, interval=0.2):
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise AssertionError("timed out waiting for %s" % what)
-        time.sleep(interval)
-
-
-def sha512(path):
-    digest = hashlib.sha512()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class RtorrentProcess(object):
