@@ -35,14 +35,27 @@ class ListVerdict(object):
         self.valid = False
         self.reasons = []
         self.image_list = None
-        self.signer_dn = None
-        self.issuer_dn = None
-        self.digest = None
+        self.signature = None        # the smime.SignatureVerdict the signer fields come from
         self.endorser = None
         self.sha256 = None
         self.state_changed = False
         self.previous_version = None
         self.expired_images = []
+
+    @property
+    def signer_dn(self):
+        """Canonical subject DN of the signer (unverified when the signature is not valid)."""
+        return self.signature.signer_dn if self.signature else None
+
+    @property
+    def issuer_dn(self):
+        """Canonical issuer DN of the signer."""
+        return self.signature.issuer_dn if self.signature else None
+
+    @property
+    def digest(self):
+        """Digest algorithm of the signature."""
+        return self.signature.digest if self.signature else None
 
     def refuse(self, reason):
         """Add a reason, prefixed with the list's source."""
@@ -90,9 +103,7 @@ def verify_image_list(envelope, source, trust, registry, state=None, now=None, e
     if max_bytes is not None:
         kwargs["max_bytes"] = max_bytes
     signature = verify_detached(envelope, trust, source, **kwargs)
-    verdict.signer_dn = signature.signer_dn
-    verdict.issuer_dn = signature.issuer_dn
-    verdict.digest = signature.digest
+    verdict.signature = signature
     if not signature.valid:
         verdict.reasons.extend(signature.reasons)
         return verdict

@@ -302,11 +302,6 @@ def image_summary(image_list):
     return "\n".join(lines) + "\n"
 
 
-def dumps_metadata(image_list):
-    """List metadata as compact JSON (for logs)."""
-    return json.dumps(image_list.metadata(), sort_keys=True)
-
-
 def existing_envelope(path):
     """The envelope at ``path`` or None."""
     if not os.path.exists(path):

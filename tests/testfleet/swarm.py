@@ -37,13 +37,11 @@ import sys
 import tempfile
 import time
 
+from testfleet.collection import COLLECTIONS, REPO_ROOT, ensure_collection_path
 from testfleet.httpd import write_json_atomic
 from testfleet.netns import Fleet, FleetError
 from testfleet.tracker import Tracker
 
-TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPO_ROOT = os.path.dirname(TESTS_DIR)
-COLLECTIONS = os.path.join(REPO_ROOT, ".tmp", "collections")
 HERE = os.path.dirname(os.path.abspath(__file__))
 HTTPD = os.path.join(HERE, "httpd.py")
 BARE_PEER = os.path.join(HERE, "bare_peer.py")
@@ -53,20 +51,6 @@ BT_PORT = 6881
 HTTP_PORT = 8080
 TRACKER_PORT = 6969
 MAX_SOCKET_PATH = 100
-
-
-def ensure_collection_path():
-    """Create the ``.tmp/collections/ansible_collections/vmic/fleet`` symlink and put it on sys.path."""
-    link = os.path.join(COLLECTIONS, "ansible_collections", "vmic", "fleet")
-    if not os.path.exists(link):
-        os.makedirs(os.path.dirname(link), exist_ok=True)
-        try:
-            os.symlink(REPO_ROOT, link)
-        except FileExistsError:
-            pass
-    if COLLECTIONS not in sys.path:
-        sys.path.insert(0, COLLECTIONS)
-    return COLLECTIONS
 
 
 def engine_service_available():
