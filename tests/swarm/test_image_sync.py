@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from testfleet.swarm import COLLECTIONS, REPO_ROOT, sha512_file
+from testfleet.collection import COLLECTIONS, REPO_ROOT
+from testfleet.swarm import sha512_file
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "unit"))
 

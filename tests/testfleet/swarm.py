@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from testfleet.collection import COLLECTIONS, REPO_ROOT, ensure_collection_path
+from testfleet.collection import REPO_ROOT, ensure_collection_path
 from testfleet.httpd import write_json_atomic
 from testfleet.netns import Fleet, FleetError
 from testfleet.tracker import Tracker
