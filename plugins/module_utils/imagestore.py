@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import time
+from stat import S_ISREG
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import fsync_dir, read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError
@@ -52,15 +53,36 @@ def file_digest(path):
     return digest.hexdigest(), size
 
 
+def _proc_pids():
+    try:
+        return [pid for pid in os.listdir("/proc") if pid.isdigit()]
+    except OSError:
+        return []
+
+
+def _mapped_paths(pid):
+    """(path, writable shared mapping) of every file mapping of a process (``/proc/<pid>/maps``)."""
+    try:
+        with open(os.path.join("/proc", pid, "maps"), "rb") as handle:
+            lines = handle.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return
+    for line in lines:
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            path = fields[5]
+            if path.endswith(" (deleted)"):
+                path = path[:-len(" (deleted)")]
+            yield path, "w" in fields[1] and "s" in fields[1]
+
+
 def open_paths(paths):
     """The subset of ``paths`` that some process holds open (scans /proc/*/fd and /proc/*/maps)."""
     wanted = set(os.path.realpath(path) for path in paths)
     found = set()
     if not wanted or not os.path.isdir("/proc"):
         return found
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    for pid in _proc_pids():
         fd_dir = os.path.join("/proc", pid, "fd")
         try:
             for fd in os.listdir(fd_dir):
@@ -71,8 +93,101 @@ def open_paths(paths):
                 if target in wanted:
                     found.add(target)
         except OSError:
+            pass
+        for path, _writable in _mapped_paths(pid):
+            if path in wanted:
+                found.add(path)
+    return found
+
+
+def _runs_as_root(pid):
+    """Whether every uid (real, effective, saved, filesystem) of a process is 0 (/proc/<pid>/status)."""
+    try:
+        with open(os.path.join("/proc", pid, "status"), "rb") as handle:
+            for line in handle.read().decode("ascii", "replace").splitlines():
+                if line.startswith("Uid:"):
+                    return all(uid == "0" for uid in line.split()[1:])
+    except OSError:
+        pass
+    return False
+
+
+def writers(path):
+    """Processes other than root's that can write the file at ``path`` (same inode): open for writing or mapped
+    shared-writable. Root's processes (the libtorrent engine) can write any file anyway and are not counted.
+
+    Returns ``["<pid> fd <n>" | "<pid> maps"]``; empty when no such process can write it through an open handle.
+    """
+    stat = os.stat(path)
+    inode = (stat.st_dev, stat.st_ino)
+    found = []
+    for pid in _proc_pids():
+        if _runs_as_root(pid):
+            continue
+        fd_dir = os.path.join("/proc", pid, "fd")
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.stat(os.path.join(fd_dir, fd))
+                if (target.st_dev, target.st_ino) != inode:
+                    continue
+                with open(os.path.join("/proc", pid, "fdinfo", fd), "rb") as handle:
+                    info = handle.read().decode("ascii", "replace")
+            except OSError:
+                continue
+            flags = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("flags:")]
+            if flags and int(flags[0], 8) & os.O_ACCMODE != os.O_RDONLY:
+                found.append("%s fd %s" % (pid, fd))
+        try:
+            real = os.path.realpath(path)
+            if any(mapped == real and writable for mapped, writable in _mapped_paths(pid)):
+                found.append("%s maps" % pid)
+        except OSError:
             continue
     return found
+
+
+def secure_file(path, what):
+    """Make the regular file at ``path`` (not a symlink) root's and read-only; refuse one that a process can still write.
+
+    Returns its (st_dev, st_ino). Run as root it also takes ownership (an engine user may have written the file).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise StoreError("%s: %s cannot be opened: %s" % (what, path, exc.strerror or exc))
+    try:
+        stat = os.fstat(fd)
+        if not S_ISREG(stat.st_mode):
+            raise StoreError("%s: %s is not a regular file" % (what, path))
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
+    busy = writers(path)
+    if busy:
+        raise StoreError("%s: %s is still open for writing by process %s" % (what, path, ", ".join(busy)))
+    return stat.st_dev, stat.st_ino
+
+
+def check_file(path, sha512, size, what):
+    """Check size and sha512 of the regular file at ``path``; return None or the reason it is wrong."""
+    try:
+        stat = os.lstat(path)
+    except OSError as exc:
+        return "%s: file %s is missing: %s" % (what, path, exc.strerror)
+    if not S_ISREG(stat.st_mode):
+        return "%s: %s is not a regular file" % (what, path)
+    if stat.st_size != size:
+        return "%s: %s has %d bytes, the signed list says %d" % (what, path, stat.st_size, size)
+    digest, _size = file_digest(path)
+    if not hmac.compare_digest(digest, sha512):
+        return "%s: sha512 of %s does not match the signed list" % (what, path)
+    return None
 
 
 def _check_names(identifier, version):
@@ -173,26 +288,45 @@ class ImageStore(object):
     def verify_partial(self, identifier, version, name, sha512, size):
         """Check size and sha512 of a finished download; return None or the reason it is wrong."""
         path = os.path.join(self.partial_dir(identifier, version), name)
+        return check_file(path, sha512, size, "image %s: downloaded file" % identifier)
+
+    def link_from(self, source, identifier, version, name):
+        """Hard-link the file ``source`` (a held image with the same bytes) into the final dir of another version.
+
+        Returns the new path; the caller checks it (same inode, size, sha512) before :meth:`commit`.
+        """
+        final = self.final_dir(identifier, version)
+        target = os.path.join(final, name)
+        self.make_final_dir(identifier, version)
         try:
-            actual_size = os.path.getsize(path)
+            if os.path.lexists(target):
+                raise StoreError("image %s: %s already exists" % (identifier, target))
+            os.link(source, target, follow_symlinks=False)
         except OSError as exc:
-            return "image %s: downloaded file %s is missing: %s" % (identifier, path, exc.strerror)
-        if actual_size != size:
-            return "image %s: downloaded file has %d bytes, the signed list says %d" % (identifier, actual_size, size)
-        digest, _size = file_digest(path)
-        if not hmac.compare_digest(digest, sha512):
-            return "image %s: sha512 of the downloaded file does not match the signed list" % identifier
-        return None
+            raise StoreError("image %s: cannot link %s to %s: %s" % (identifier, source, target, exc.strerror or exc))
+        return target
+
+    def make_final_dir(self, identifier, version):
+        """Create the final dir of an image (and its identifier dir): root's (when run as root), 0755."""
+        final = self.final_dir(identifier, version)
+        for path in (os.path.dirname(final), final):
+            if not os.path.isdir(path):
+                os.mkdir(path, 0o755)
+            if os.geteuid() == 0:
+                os.lchown(path, 0, 0)
+            os.chmod(path, 0o755)
+        return final
 
     def commit(self, identifier, version, name, meta):
-        """Publish a verified image: make it read-only, write its metadata, switch ``current``.
+        """Publish a verified image: make it root's and read-only, write its metadata, switch ``current``.
 
-        The file must already be in :meth:`final_dir` (the engine moved it there by a rename).
+        The file must already be in :meth:`final_dir` (moved there by a rename or linked); a file that a
+        process still holds open for writing is refused.
         """
-        final = os.path.join(self.final_dir(identifier, version), name)
-        if not os.path.isfile(final):
+        final = os.path.join(self.make_final_dir(identifier, version), name)
+        if not os.path.isfile(final) or os.path.islink(final):
             raise StoreError("image %s: %s is not in place" % (identifier, final))
-        os.chmod(final, 0o444)
+        secure_file(final, "image %s" % identifier)
         record = dict(meta)
         record.update({"identifier": identifier, "version": version, "name": name,
                        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -200,6 +334,23 @@ class ImageStore(object):
         write_atomic(os.path.join(directory, version + META_SUFFIX),
                      (json.dumps(record, sort_keys=True, indent=2) + "\n").encode("utf-8"), 0o644)
         self._switch_current(directory, os.path.join(version, name))
+
+    def verify_all(self):
+        """Hash every stored image again (size and sha512 against its metadata); returns the mismatches.
+
+        Each mismatch is ``{identifier, version, path, reason}``.
+        """
+        corrupt = []
+        for image in self.images():
+            sha512, size = image.meta.get("sha512"), image.meta.get("size")
+            what = "image %s %s" % (image.identifier, image.version)
+            if not isinstance(sha512, str) or not isinstance(size, int) or not image.name:
+                reason = "%s: its metadata gives no sha512, size or name" % what
+            else:
+                reason = check_file(image.path, sha512, size, what)
+            if reason:
+                corrupt.append({"identifier": image.identifier, "version": image.version, "path": image.path, "reason": reason})
+        return corrupt
 
     @staticmethod
     def _switch_current(directory, target):

@@ -2,6 +2,8 @@
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -78,3 +80,82 @@ def test_open_image_is_reported_in_use(tmp_path):
 def test_unsafe_names_refused(tmp_path, identifier, version):
     with pytest.raises(StoreError):
         ImageStore(str(tmp_path)).partial_dir(identifier, version)
+
+
+def _holder(script, *args, **kwargs):
+    """A python child that runs ``script`` (then prints "ready" and sleeps); returns the Popen once it is ready."""
+    proc = subprocess.Popen([sys.executable, "-c", script + "\nprint('ready', flush=True)\nimport time\ntime.sleep(60)\n"] + list(args),
+                            stdout=subprocess.PIPE, **kwargs)
+    assert proc.stdout.readline().strip() == b"ready"
+    return proc
+
+
+def _stop(proc):
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_memory_mapped_image_with_closed_fd_is_in_use_and_not_retired(tmp_path):
+    store = ImageStore(str(tmp_path / "store"), str(tmp_path / "archive"))
+    store.ensure()
+    image = commit(store)
+    # the process maps the image and closes its descriptor: only /proc/<pid>/maps shows it (libc's mmap:
+    # Python's mmap module keeps a duplicate of the descriptor)
+    proc = _holder("import ctypes, mmap, os, sys\nlibc = ctypes.CDLL(None, use_errno=True)\nlibc.mmap.restype = ctypes.c_void_p\n"
+                   "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]\n"
+                   "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                   "assert libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) not in (None, ctypes.c_void_p(-1).value)\n"
+                   "os.close(fd)", image.path)
+    try:
+        assert os.listdir("/proc/%d/fd" % proc.pid) and not any(
+            os.readlink("/proc/%d/fd/%s" % (proc.pid, fd)) == image.path for fd in os.listdir("/proc/%d/fd" % proc.pid))
+        assert store.in_use([image]) == [image]
+    finally:
+        _stop(proc)
+    assert store.in_use([image]) == []
+
+
+def test_stored_image_corrupted_after_commit_found_by_verify_all(tmp_path):
+    store = ImageStore(str(tmp_path / "store"))
+    store.ensure()
+    good = commit(store, version="1")
+    bad = commit(store, version="2", data=b"y" * 5000)
+    assert store.verify_all() == []
+    os.chmod(bad.path, 0o644)
+    with open(bad.path, "r+b") as handle:
+        handle.write(b"z")
+    corrupt = store.verify_all()
+    assert [(c["identifier"], c["version"], c["path"]) for c in corrupt] == [(UUID, "2", bad.path)]
+    assert "sha512" in corrupt[0]["reason"]
+    with open(bad.path, "ab") as handle:
+        handle.write(b"more")
+    assert "5004 bytes" in store.verify_all()[0]["reason"]
+    assert os.path.isfile(good.path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown and a process of another user)")
+def test_engine_user_writable_handle_on_image_commit_refused(tmp_path):
+    store = ImageStore(str(tmp_path / "store"))
+    store.ensure()
+    data = b"w" * 5000
+    sha = put_partial(store, data)
+    partial = os.path.join(store.partial_dir(UUID, "1"), "disk.img")
+    os.chown(partial, 65534, 65534)
+    # an engine user keeps a descriptor open for writing (inherited here: its path is out of its reach)
+    fd = os.open(partial, os.O_RDWR)
+    proc = subprocess.Popen(["sleep", "60"], pass_fds=(fd,), user=65534, group=65534)
+    os.close(fd)
+    try:
+        final = store.make_final_dir(UUID, "1")
+        os.rename(partial, os.path.join(final, "disk.img"))
+        with pytest.raises(StoreError, match="still open for writing by process %d fd" % proc.pid):
+            store.commit(UUID, "1", "disk.img", {"sha512": sha, "size": len(data)})
+        assert store.images() == []
+    finally:
+        _stop(proc)
+    store.commit(UUID, "1", "disk.img", {"sha512": sha, "size": len(data)})
+    image = store.find(UUID, "1")
+    for path in (image.path, os.path.dirname(image.path), os.path.dirname(os.path.dirname(image.path))):
+        assert os.stat(path).st_uid == 0 and os.stat(path).st_gid == 0
+    assert os.stat(image.path).st_mode & 0o777 == 0o444
+    assert os.stat(os.path.dirname(image.path)).st_mode & 0o777 == 0o755
