@@ -22,7 +22,7 @@ import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, StoreError, TorrentError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, FetchError, LimitError, StoreError, TorrentError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
@@ -64,15 +64,16 @@ def torrent_name_for(image):
 
 
 class PlannedImage(object):
-    """One image this host should hold, from a verified list."""
+    """One image this host should hold, from a verified list of ``endorser``."""
 
-    def __init__(self, image, list_identifier):
+    def __init__(self, image, list_identifier, endorser=None):
         self.image = image
         self.identifier = image["dc:identifier"].lower()
         self.version = str(image["hv:version"])
         self.size = int(image["hv:size"])
         self.sha512 = image["sl:checksum:sha512"]
         self.list_identifier = list_identifier
+        self.endorser = endorser
         self.key = None
         self.name = None
         self.started = None
@@ -85,7 +86,13 @@ class PlannedImage(object):
 
 
 class SyncPlan(object):
-    """What converging would change."""
+    """What converging would change.
+
+    ``refused``: the subscriptions whose list was refused this run (source, endorser, identifier,
+    reasons, revoked). Their images are ``held`` exactly as they are (neither retired nor updated),
+    except when the endorser's certificate is revoked: then they are retired (withdrawn).
+    ``conflicts``: images not added because another endorser's held image has the same identifier.
+    """
 
     def __init__(self):
         self.verdicts = []
@@ -93,62 +100,131 @@ class SyncPlan(object):
         self.add = []
         self.keep = []
         self.retire = []
+        self.held = []
+        self.refused = []
+        self.conflicts = []
 
     def to_dict(self):
-        """Plain data: identifiers and versions of each action."""
+        """Plain data: identifiers and versions of each action, refused lists and what they hold back."""
         return {
             "add": ["%s %s" % (p.identifier, p.version) for p in self.add],
             "keep": ["%s %s" % (s.identifier, s.version) for s in self.keep],
             "retire": ["%s %s" % (s.identifier, s.version) for s in self.retire],
+            "held": ["%s %s" % (s.identifier, s.version) for s in self.held],
+            "refused": [dict(item) for item in self.refused],
+            "conflicts": list(self.conflicts),
         }
 
     def diff(self):
         """before/after text for Ansible's diff: one line per image held (identifier, version, title)."""
         def line(identifier, version, title):
             return "%s %s (%s)\n" % (identifier, version, title)
-        held = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep + self.retire]
-        after = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep]
+        before = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep + self.held + self.retire]
+        after = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep + self.held]
         after += [line(p.identifier, p.version, p.image.get("dc:title")) for p in self.add]
-        return {"before": "".join(sorted(held)), "after": "".join(sorted(after))}
+        return {"before": "".join(sorted(before)), "after": "".join(sorted(after))}
+
+
+def _subscription(entry):
+    """The site's subscription (source URL, endorser, list UUID) from a ``lists`` entry."""
+    identifier = entry.get("identifier") or entry.get("expected_identifier")
+    return {"src": entry["src"], "endorser": entry.get("endorser"), "identifier": identifier.lower() if identifier else None}
 
 
 def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, record=True, https_ca_file=None, allow_http=False,
                  timeout=30):
-    """Fetch and verify every subscribed list; returns listverify verdicts (refused lists included)."""
+    """Fetch and verify every subscribed list, each on its own; returns listverify verdicts (refused ones included).
+
+    Each entry of ``lists`` is a subscription: ``src``, ``endorser`` (a name of the registry) and
+    ``identifier`` (the list UUID). The verdict of each carries its subscription, so that a refused
+    list still names whose images it covers.
+    """
     verdicts = []
     for entry in lists:
-        source = entry["src"]
+        subscription = _subscription(entry)
+        source = subscription["src"]
         try:
             envelope = fetch_bytes(source, MAX_LIST_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="image list")
-        except VmicError as exc:
-            verdict_result = {"source": source, "valid": False, "reasons": [str(exc)], "images": [], "metadata": None}
-            verdicts.append(verdict_result)
-            continue
-        verdict = verify_image_list(envelope, source, trust, registry, state=state, expected_identifier=entry.get("expected_identifier"),
-                                    allow_legacy_digests=allow_legacy_digests, record=record)
-        verdicts.append(verdict.to_result())
+            verdict = verify_image_list(envelope, source, trust, registry, state=state, expected_identifier=subscription["identifier"],
+                                        expected_endorser=subscription["endorser"], allow_legacy_digests=allow_legacy_digests,
+                                        record=record).to_result()
+        except (FetchError, LimitError) as exc:
+            verdict = {"source": source, "valid": False, "revoked": False, "reasons": [str(exc)], "images": [], "metadata": None}
+        verdict["subscription"] = subscription
+        verdicts.append(verdict)
     return verdicts
 
 
+def _owner_status(verdicts):
+    """(endorser, list UUID) -> "valid", "refused" or "revoked", from the subscriptions' verdicts."""
+    status = {}
+    for verdict in verdicts:
+        subscription = verdict.get("subscription") or {}
+        key = (subscription.get("endorser"), subscription.get("identifier"))
+        if verdict.get("valid"):
+            status[key] = "valid"
+        elif verdict.get("revoked"):
+            status[key] = "revoked"
+        else:
+            status.setdefault(key, "refused")
+    return status
+
+
+def _held_owner(stored, owners):
+    """The status of the subscription a held image came from (None: no longer subscribed)."""
+    endorser, list_identifier = stored.meta.get("endorser"), stored.meta.get("list")
+    if endorser is not None:
+        return owners.get((endorser, list_identifier))
+    # Images committed before the store recorded endorsers: matched by list UUID alone.
+    found = [value for (_endorser, identifier), value in owners.items() if identifier == list_identifier]
+    return found[0] if len(found) == 1 else None
+
+
 def plan_sync(verdicts, policy, profile, store, known=()):
-    """Decide what to add, keep and retire for this host."""
+    """Decide what to add, keep, hold and retire for this host.
+
+    Each list is judged on its own: a refused list holds its images exactly as they are and blocks
+    nothing else; a list whose signer is revoked has its images retired; an image whose list is no
+    longer subscribed is retired. ``known`` are the identities the site approved before (approvedset).
+    """
     plan = SyncPlan()
     plan.verdicts = verdicts
+    plan.refused = [dict(source=v.get("source"), endorser=(v.get("subscription") or {}).get("endorser"),
+                         identifier=(v.get("subscription") or {}).get("identifier"), revoked=bool(v.get("revoked")),
+                         reasons=list(v.get("reasons") or [])) for v in verdicts if not v.get("valid")]
+    owners = _owner_status(verdicts)
     decisions = evaluate(policy, verdicts, known=known)
     host = HostProfile("this host", profile or {})
     for decision in decisions:
         if host.selects(decision):
-            plan.desired.append(PlannedImage(decision.candidate.image, decision.candidate.list_identifier))
-    held = store.images()
-    wanted = dict(((p.identifier, p.version), p) for p in plan.desired)
-    for stored in held:
-        planned = wanted.get((stored.identifier, stored.version))
+            candidate = decision.candidate
+            plan.desired.append(PlannedImage(candidate.image, candidate.list_identifier, candidate.endorser))
+    wanted = dict(((p.endorser, p.identifier, p.version), p) for p in plan.desired)
+    for stored in store.images():
+        owner = _held_owner(stored, owners)
+        if owner == "refused":
+            plan.held.append(stored)
+            continue
+        endorser = stored.meta.get("endorser")
+        planned = None
+        if owner == "valid":
+            candidates = [p for (e, i, v), p in wanted.items() if (e == endorser or endorser is None) and i == stored.identifier and v == stored.version]
+            planned = candidates[0] if len(candidates) == 1 else None
         if planned is not None and stored.meta.get("sha512") == planned.sha512:
             plan.keep.append(stored)
         else:
             plan.retire.append(stored)
     kept = set((s.identifier, s.version) for s in plan.keep)
-    plan.add = [p for p in plan.desired if (p.identifier, p.version) not in kept]
+    held_by = dict((s.identifier, s.meta.get("endorser")) for s in plan.held)
+    plan.add = []
+    for planned in plan.desired:
+        if (planned.identifier, planned.version) in kept:
+            continue
+        if planned.identifier in held_by and held_by[planned.identifier] != planned.endorser:
+            plan.conflicts.append("image %s of endorser %s not added: the store holds identifier %s of endorser %s, whose list is refused"
+                                  % (planned.describe(), planned.endorser, planned.identifier, held_by[planned.identifier]))
+            continue
+        plan.add.append(planned)
     return plan
 
 

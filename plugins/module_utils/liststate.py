@@ -1,10 +1,17 @@
 # -*- coding: utf-8 -*-
 # Copyright: vmic.fleet contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""What a host last accepted, per image list UUID, so that rollback and replays are refused.
+"""What a host last accepted, per (endorser, image list UUID), so that rollback and replays are refused.
 
-One JSON file per list (``<uuid>.json``) in a state directory, written atomically. A list is
-recorded only after every check has passed; a refused list never changes the stored state.
+One JSON file per endorser and list (``<endorser>/<uuid>.json``) in a state directory, written
+atomically. A list is recorded only after every check has passed; a refused list never changes the
+stored state. The endorser is the site's name for the verified signer (its registry entry, bound to
+the signer's certificate and issuing CA), so a list signed by one endorser can never change the state
+of another endorser's list, even when it carries the same list UUID: a foreign list claiming
+another's UUID with a huge version cannot freeze that catalogue.
+
+State files of earlier releases (``<uuid>.json`` directly in the state directory) are not read: they
+were not bound to an endorser. The first list accepted after an upgrade sets the new floor.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import compar
 
 MAX_STATE_BYTES = 64 * 1024
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# The endorser names of truststore.EndorserRegistry (safe as a directory name).
+_ENDORSER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class StateError(VmicError):
@@ -28,19 +37,21 @@ class StateError(VmicError):
 
 
 class ListStateStore(object):
-    """Last accepted ``hv:version`` and sha256 of the signed bytes, per list UUID."""
+    """Last accepted ``hv:version`` and sha256 of the signed bytes, per (endorser, list UUID)."""
 
     def __init__(self, state_dir):
         self.state_dir = state_dir
 
-    def _path(self, identifier):
-        if not _UUID_RE.match(identifier):
+    def _path(self, endorser, identifier):
+        if not isinstance(endorser, str) or not _ENDORSER_RE.match(endorser) or endorser in (".", ".."):
+            raise StateError("endorser name %r cannot key list state" % (endorser,))
+        if not isinstance(identifier, str) or not _UUID_RE.match(identifier):
             raise StateError("list identifier %r is not a lower-case UUID" % (identifier,))
-        return os.path.join(self.state_dir, "%s.json" % identifier)
+        return os.path.join(self.state_dir, endorser, "%s.json" % identifier)
 
-    def get(self, identifier):
-        """The stored record for a list, or None when none was accepted yet."""
-        path = self._path(identifier)
+    def get(self, endorser, identifier):
+        """The stored record for a list of ``endorser``, or None when none was accepted yet."""
+        path = self._path(endorser, identifier)
         if not os.path.exists(path):
             return None
         try:
@@ -51,9 +62,9 @@ class ListStateStore(object):
             raise StateError("state file %s lacks version or sha256" % path)
         return record
 
-    def rollback_reason(self, identifier, version, sha256):
+    def rollback_reason(self, endorser, identifier, version, sha256):
         """Why accepting ``version`` with payload digest ``sha256`` would be a rollback or replay, or None."""
-        record = self.get(identifier)
+        record = self.get(endorser, identifier)
         if record is None:
             return None
         order = compare_versions(version, record["version"])
@@ -63,19 +74,25 @@ class ListStateStore(object):
             return "hv:version %s was accepted before with different content (same version, different bytes)" % version
         return None
 
-    def record(self, identifier, version, sha256, source):
-        """Store a newly accepted list; returns True when the record changed."""
-        before = self.get(identifier)
-        if before is not None and before["version"] == version and before["sha256"] == sha256:
+    def would_change(self, endorser, identifier, version, sha256):
+        """True when :meth:`record` would write (check mode asks this)."""
+        before = self.get(endorser, identifier)
+        return before is None or (before["version"], before["sha256"]) != (version, sha256)
+
+    def record(self, endorser, identifier, version, sha256, source):
+        """Store a newly accepted list of ``endorser``; returns True when the record changed."""
+        if not self.would_change(endorser, identifier, version, sha256):
             return False
-        if not os.path.isdir(self.state_dir):
-            os.makedirs(self.state_dir, mode=0o750)
+        path = self._path(endorser, identifier)
+        if not os.path.isdir(os.path.dirname(path)):
+            os.makedirs(os.path.dirname(path), mode=0o750)
         record = {
+            "endorser": endorser,
             "identifier": identifier,
             "version": version,
             "sha256": sha256,
             "source": source,
             "accepted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        write_atomic(self._path(identifier), (json.dumps(record, sort_keys=True, indent=2) + "\n").encode("utf-8"), 0o640)
+        write_atomic(path, (json.dumps(record, sort_keys=True, indent=2) + "\n").encode("utf-8"), 0o640)
         return True

@@ -7,11 +7,14 @@ Checks, in order (each named after what it protects):
   signature    parse with size limits, exactly one signer, chain to a trust anchor, valid now,
                not revoked, digest not legacy (smime.verify_detached)
   schema       the signed payload is a well-formed HEPiX list within the hard limits
-  identity     signer DN = hv:dn and signer issuer = hv:ca
-  endorsement  the signer is a trusted endorser, and trusted for this catalogue
+  identity     signer DN = hv:dn and signer issuer = hv:ca (compared as X.509 names, not strings)
+  endorsement  the signer is a trusted endorser, its certificate chains through the endorser's pinned
+               CA certificate, it is the endorser the site subscribed this source from, and the source
+               is one of the endorser's catalogues (the list's own hv:uri proves nothing)
   subscription the list UUID is the subscribed one
   freshness    created <= now <= expires
-  rollback     hv:version not lower than the last accepted one; same version with other bytes refused
+  rollback     hv:version not lower than the last accepted one of this (endorser, list UUID); same
+               version with other bytes refused
 A verdict carries every reason found; the state is updated only when the verdict is valid.
 """
 
@@ -20,8 +23,17 @@ from __future__ import annotations
 import hashlib
 import time
 
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import ImageListError, parse_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached
+try:  # TEMPORARY-SHIM until the structured DN API lands
+    from ansible_collections.vmic.fleet.plugins.module_utils.dn import parse_dn
+    from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_endorser_binding
+except ImportError:
+    from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn as parse_dn
+
+    def verify_endorser_binding(signature, endorser, trust):
+        return []
 
 # Clocks on hypervisors drift a little; a list created a few minutes "in the future" is not an attack.
 CLOCK_SKEW_SECONDS = 300
@@ -37,6 +49,7 @@ class ListVerdict(object):
         self.image_list = None
         self.signature = None        # the smime.SignatureVerdict the signer fields come from
         self.endorser = None
+        self.revoked = False         # the site's CRLs revoke the signer (or a CA of its chain)
         self.sha256 = None
         self.state_changed = False
         self.previous_version = None
@@ -71,6 +84,7 @@ class ListVerdict(object):
             "issuer_dn": self.issuer_dn,
             "digest": self.digest,
             "endorser": self.endorser,
+            "revoked": self.revoked,
             "sha256": self.sha256,
             "expired_images": list(self.expired_images),
             "previous_version": self.previous_version,
@@ -83,27 +97,70 @@ class ListVerdict(object):
         return result
 
 
-def _endorser_trusted_for(endorser, source, image_list):
-    """An endorser with registered catalogue URLs signs only those catalogues."""
-    if not endorser.urls:
-        return True
-    return source in endorser.urls or (image_list.uri is not None and image_list.uri in endorser.urls)
+def _same_name(text, name):
+    """True when the DN string ``text`` (from the list) is the X.509 name ``name``, compared structurally."""
+    try:
+        return name is not None and parse_dn(text) == name
+    except VmicError:
+        return False
+
+
+def _check_identity(verdict, signature, image_list):
+    """The signer is the list's hv:dn and its issuer the list's hv:ca (names compared as X.509 names)."""
+    endorsers = image_list.endorsers
+    signer_name = getattr(signature, "signer_name", signature.signer_dn)
+    issuer_name = getattr(signature, "issuer_name", signature.issuer_dn)
+    if not any(_same_name(e.dn, signer_name) for e in endorsers):
+        verdict.refuse("signer %s is not hv:dn %s" % (signature.signer_dn, " or ".join(e.dn for e in endorsers)))
+    elif not any(_same_name(e.dn, signer_name) and _same_name(e.ca, issuer_name) for e in endorsers):
+        verdict.refuse("signer issuer %s is not hv:ca %s" % (signature.issuer_dn, " or ".join(e.ca for e in endorsers)))
+
+
+def _check_endorsement(verdict, signature, registry, trust, source, expected_endorser):
+    """The signer is a trusted endorser, bound to its pinned CA certificate, the subscribed one, for this source.
+
+    Returns the endorser, or None (with reasons) when the signer is not one the site trusts here. What a
+    list says about itself (``hv:uri``) proves nothing: only the site's configuration binds a source URL
+    to an endorser.
+    """
+    endorser = registry.match(getattr(signature, "signer_name", signature.signer_dn), getattr(signature, "issuer_name", signature.issuer_dn))
+    if endorser is None:
+        verdict.refuse("signer %s (issuer %s) is not a trusted endorser" % (signature.signer_dn, signature.issuer_dn))
+        return None
+    binding = verify_endorser_binding(signature, endorser, trust)
+    for reason in binding:
+        verdict.refuse(reason)
+    if expected_endorser is not None and endorser.name != expected_endorser:
+        verdict.refuse("signed by endorser %s, not by %s, the endorser this list is subscribed from" % (endorser.name, expected_endorser))
+        return None
+    if endorser.urls and source not in endorser.urls:
+        verdict.refuse("endorser %s is not trusted for this catalogue (its catalogues: %s)" % (endorser.name, ", ".join(endorser.urls)))
+        return None
+    return None if binding else endorser
 
 
 def verify_image_list(envelope, source, trust, registry, state=None, now=None, expected_identifier=None,
-                      allow_legacy_digests=False, record=True, max_bytes=None):
+                      allow_legacy_digests=False, record=True, max_bytes=None, expected_endorser=None):
     """Verify a signed image list (bytes of the S/MIME envelope) and return a :class:`ListVerdict`.
 
     ``trust`` is a truststore.TrustStore, ``registry`` a truststore.EndorserRegistry, ``state`` a
-    liststate.ListStateStore or None. ``record=False`` (check mode) never writes state.
+    liststate.ListStateStore or None. ``expected_endorser`` (an endorser name of the registry) and
+    ``expected_identifier`` (the list UUID) bind the list to the site's subscription: a list signed by
+    any other endorser, or carrying another UUID, is refused. The version state is kept per (endorser,
+    list UUID), so one endorser's lists never touch another's. ``record=False`` (check mode) never
+    writes state.
     """
     verdict = ListVerdict(source)
     now = time.time() if now is None else now
     kwargs = {"allow_legacy_digests": allow_legacy_digests}
     if max_bytes is not None:
         kwargs["max_bytes"] = max_bytes
+    if expected_endorser is not None and expected_endorser not in registry:
+        raise TrustError("image list %s: subscribed from endorser %s, which is not in the endorser list (known: %s)"
+                         % (source, expected_endorser, ", ".join(registry.names()) or "none"))
     signature = verify_detached(envelope, trust, source, **kwargs)
     verdict.signature = signature
+    verdict.revoked = bool(getattr(signature, "revoked", False))
     if not signature.valid:
         verdict.reasons.extend(signature.reasons)
         return verdict
@@ -118,18 +175,9 @@ def verify_image_list(envelope, source, trust, registry, state=None, now=None, e
         return verdict
     verdict.image_list = image_list
 
-    if not any(e.dn == signature.signer_dn for e in image_list.endorsers):
-        verdict.refuse("signer %s is not hv:dn %s" % (signature.signer_dn, " or ".join(e.dn for e in image_list.endorsers)))
-    elif not any(e.dn == signature.signer_dn and e.ca == signature.issuer_dn for e in image_list.endorsers):
-        verdict.refuse("signer issuer %s is not hv:ca %s" % (signature.issuer_dn, " or ".join(e.ca for e in image_list.endorsers)))
-
-    endorser = registry.match(signature.signer_dn, signature.issuer_dn)
-    if endorser is None:
-        verdict.refuse("signer %s (issuer %s) is not a trusted endorser" % (signature.signer_dn, signature.issuer_dn))
-    elif not _endorser_trusted_for(endorser, source, image_list):
-        verdict.refuse("endorser %s is not trusted for this catalogue (hv:uri %s; catalogues: %s)"
-                       % (endorser.name, image_list.uri, ", ".join(endorser.urls)))
-    else:
+    _check_identity(verdict, signature, image_list)
+    endorser = _check_endorsement(verdict, signature, registry, trust, source, expected_endorser)
+    if endorser is not None:
         verdict.endorser = endorser.name
 
     if expected_identifier is not None and image_list.identifier != expected_identifier.lower():
@@ -142,10 +190,10 @@ def verify_image_list(envelope, source, trust, registry, state=None, now=None, e
     if image_list.expires_epoch < image_list.created_epoch:
         verdict.refuse("expires %s before it was created %s" % (image_list.expires, image_list.created))
 
-    if state is not None:
-        previous = state.get(image_list.identifier)
+    if state is not None and endorser is not None:
+        previous = state.get(endorser.name, image_list.identifier)
         verdict.previous_version = previous["version"] if previous else None
-        rollback = state.rollback_reason(image_list.identifier, image_list.version, verdict.sha256)
+        rollback = state.rollback_reason(endorser.name, image_list.identifier, image_list.version, verdict.sha256)
         if rollback:
             verdict.refuse(rollback)
 
@@ -153,8 +201,7 @@ def verify_image_list(envelope, source, trust, registry, state=None, now=None, e
     verdict.valid = not verdict.reasons
     if verdict.valid and state is not None:
         if record:
-            verdict.state_changed = state.record(image_list.identifier, image_list.version, verdict.sha256, source)
+            verdict.state_changed = state.record(endorser.name, image_list.identifier, image_list.version, verdict.sha256, source)
         else:
-            before = state.get(image_list.identifier)
-            verdict.state_changed = before is None or (before["version"], before["sha256"]) != (image_list.version, verdict.sha256)
+            verdict.state_changed = state.would_change(endorser.name, image_list.identifier, image_list.version, verdict.sha256)
     return verdict

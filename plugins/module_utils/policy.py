@@ -22,6 +22,15 @@ A rule matches when every criterion it gives matches (a list means any of its va
 endorser, identifier, vo, os, osversion, arch, hypervisor, format, list (list UUID), jmespath.
 Deny rules win over approve rules. Scope (clusters, subclusters) narrows where an approved image is
 selected; without scope an approved image is selected everywhere its hypervisor type and arch fit.
+
+An image is (endorser, image UUID): a rule that names an identifier must name the endorser too, and
+one endorser's list never changes the decision on another endorser's image. When approved images of
+two endorsers carry the same UUID, the one the site approved before (``known``) keeps it and the
+other is refused; when neither was approved before, both are refused. Each conflict is reported.
+
+``new_images: refuse`` has one meaning everywhere: an image whose (endorser, UUID) is not in the
+site's approved set of the last publication (``known``, see approvedset) is approved only by a rule
+that names its identifier. publish.yml, rollout.yml and status.yml all pass the same approved set.
 """
 
 from __future__ import annotations
@@ -93,6 +102,9 @@ class Rule(object):
                 raise PolicyError("policy rule %s: jmespath %r does not compile: %s" % (self.name, spec["jmespath"], exc))
         if not self.criteria and self.expression is None:
             raise PolicyError("policy rule %s: gives no criterion (one of %s)" % (self.name, ", ".join(CRITERIA)))
+        if "identifier" in self.criteria and "endorser" not in self.criteria:
+            raise PolicyError("policy rule %s: names an identifier but no endorser; an image is (endorser, identifier), "
+                              "so say whose image it is (endorser: NAME)" % self.name)
         self.scope = {}
         for key in SCOPE:
             if key in spec:
@@ -141,6 +153,11 @@ class Policy(object):
         self.rules = [Rule(index, rule) for index, rule in enumerate(rules, 1)]
 
 
+def identity(endorser, identifier):
+    """The name of an image across endorsers: ``<endorser>/<image uuid>``."""
+    return "%s/%s" % (endorser or "", (identifier or "").lower())
+
+
 class Candidate(object):
     """An endorsed image with the facts rules look at."""
 
@@ -163,6 +180,11 @@ class Candidate(object):
         self.document = dict(image)
         self.document["vmic:list"] = list_identifier
         self.document["vmic:endorser"] = endorser
+
+    @property
+    def identity(self):
+        """``endorser/identifier``: what names an image (see approvedset.identity)."""
+        return identity(self.endorser, self.identifier)
 
 
 class Decision(object):
@@ -199,7 +221,7 @@ def _decide(policy, candidate, known):
     if not approves:
         decision.reasons.append("no approve rule matches")
         return decision
-    if policy.new_images == "refuse" and candidate.identifier not in known:
+    if policy.new_images == "refuse" and candidate.identity not in known:
         explicit = [rule for rule in approves if "identifier" in rule.criteria]
         if not explicit:
             decision.reasons.append("new image: not approved before, and new_images is refuse (approve it by identifier)")
@@ -218,10 +240,11 @@ def evaluate(policy, verified_lists, known=(), now=None):
     """Decide on every image of every valid list.
 
     ``verified_lists`` are listverify results (dicts with valid, endorser, metadata, images,
-    expired_images). Images from refused lists are never considered. Returns a list of Decisions.
+    expired_images). Images from refused lists are never considered. ``known`` holds the identities
+    (``endorser/uuid``) the site approved before. Returns a list of Decisions.
     """
-    known = frozenset(item.lower() for item in known)
-    decisions, owners = [], {}
+    known = frozenset(item for item in known)
+    decisions = []
     for entry in verified_lists:
         if not isinstance(entry, dict) or not entry.get("valid"):
             continue
@@ -230,19 +253,52 @@ def evaluate(policy, verified_lists, known=(), now=None):
         expired = frozenset(entry.get("expired_images") or ())
         for image in entry.get("images") or []:
             candidate = Candidate(image, list_identifier, entry.get("endorser"))
-            owners.setdefault(candidate.identifier, []).append(list_identifier)
             if candidate.identifier in expired:
                 decision = Decision(candidate)
                 decision.reasons.append("image expired %s" % image.get("dc:date:expires"))
             else:
                 decision = _decide(policy, candidate, known)
             decisions.append(decision)
-    for decision in decisions:
-        lists = owners[decision.candidate.identifier]
-        if len(lists) > 1:
-            decision.approved = False
-            decision.reasons.append("identifier claimed by %d lists (%s): refused everywhere" % (len(lists), ", ".join(lists)))
+    _refuse_conflicts(decisions, known)
     return decisions
+
+
+def _refuse_conflicts(decisions, known):
+    """Resolve identifiers claimed twice, without letting one endorser touch another's images.
+
+    The same UUID in two lists of one endorser: that endorser's images are refused (its own mistake).
+    The same UUID from several endorsers: only approved claims count (a denied squatter changes
+    nothing); the one approved before keeps it, the others are refused; with no incumbent all are.
+    """
+    by_uuid = {}
+    for decision in decisions:
+        by_uuid.setdefault(decision.candidate.identifier, []).append(decision)
+    for identifier, claims in by_uuid.items():
+        per_endorser = {}
+        for decision in claims:
+            per_endorser.setdefault(decision.candidate.endorser, []).append(decision)
+        for endorser, own in per_endorser.items():
+            lists = sorted(set(d.candidate.list_identifier for d in own))
+            if len(own) > 1:
+                for decision in own:
+                    decision.approved = False
+                    decision.reasons.append("identifier listed %d times by endorser %s (lists %s): refused"
+                                            % (len(own), endorser, ", ".join(lists)))
+        approved = [d for d in claims if d.approved]
+        endorsers = sorted(set(d.candidate.endorser or "" for d in approved))
+        if len(endorsers) < 2:
+            continue
+        incumbents = [d for d in approved if d.candidate.identity in known]
+        for decision in approved:
+            if incumbents and decision in incumbents and len(incumbents) == 1:
+                decision.reasons.append("identifier conflict: also listed by endorser(s) %s; kept for %s, approved before"
+                                        % (", ".join(e for e in endorsers if e != decision.candidate.endorser), decision.candidate.endorser))
+                continue
+            decision.approved = False
+            decision.reasons.append("identifier conflict: %s is listed by endorsers %s; refused%s"
+                                    % (identifier, ", ".join(endorsers),
+                                       " (kept for %s, approved before)" % incumbents[0].candidate.endorser if len(incumbents) == 1 else
+                                       " for all of them (none was approved before; deny the others)"))
 
 
 class HostProfile(object):

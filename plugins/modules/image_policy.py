@@ -17,9 +17,13 @@ description:
   - Rules approve everything from an endorser, or images matched by identifier, VO, OS, OS version,
     arch, hypervisor, format, list UUID, or a JMESPath expression over the image metadata. Deny rules
     win over approve rules. Approve rules may be scoped to clusters and subclusters.
-  - With C(new_images=refuse), an image that was never approved before (per O(state_dir)) is approved
-    only by a rule naming its identifier.
-  - An image identifier claimed by more than one list is refused everywhere.
+  - An image is (endorser, identifier). A rule naming an C(identifier) must name the C(endorser) too.
+  - With C(new_images=refuse), an image that was never approved before is approved only by a rule
+    naming its identifier. "Approved before" means in the approved set of O(state_dir) (or
+    O(known_images)); rollout.yml and status.yml pass the same set to every hypervisor.
+  - An identifier listed twice by one endorser is refused. The same identifier approved from two
+    endorsers is kept for the one approved before and refused for the other (for all of them when
+    none was approved before); a denied image never affects another endorser's images.
   - Expired images (their own C(dc:date:expires) has passed) are never approved.
   - Runs on the controller (C(run_once), C(delegate_to=localhost)) with the profiles of all hosts.
 author:
@@ -50,9 +54,16 @@ options:
     default: {}
   state_dir:
     description:
-      - Directory where the approved set of the last run is kept (C(approved.json)). It feeds
-        C(new_images=refuse) and the diff. Without it, every image counts as new.
+      - Directory where the approved set of the last run is kept (C(approved.json), keyed by
+        C(endorser/identifier)). It feeds C(new_images=refuse) and the diff. Without it (and without
+        O(known_images)), every image counts as new.
     type: path
+  known_images:
+    description:
+      - Identities (C(endorser/identifier)) approved before, in addition to those of O(state_dir).
+    type: list
+    elements: str
+    default: []
 attributes:
   check_mode:
     support: full
@@ -94,49 +105,27 @@ selected:
   returned: always
   type: dict
 added:
-  description: Identifiers approved now but not in the last run.
+  description: Identities (C(endorser/identifier)) approved now but not in the last run.
   returned: always
   type: list
   elements: str
 removed:
-  description: Identifiers approved in the last run but not now.
+  description: Identities approved in the last run but not now.
   returned: always
   type: list
   elements: str
 updated:
-  description: Identifiers approved in both runs whose version or checksum changed.
+  description: Identities approved in both runs whose version or checksum changed.
   returned: always
   type: list
   elements: str
 """
 
-import json
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited, write_atomic
+from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import ApprovedSetStore, approved_set, check_known
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy, evaluate, select
-
-STATE_FILE = "approved.json"
-MAX_STATE_BYTES = 16 * 1024 * 1024
-
-
-def load_previous(state_dir):
-    """The approved set of the last run: identifier -> {version, sha512, title, list}."""
-    if not state_dir:
-        return {}
-    path = os.path.join(state_dir, STATE_FILE)
-    if not os.path.exists(path):
-        return {}
-    try:
-        data = json.loads(read_limited(path, MAX_STATE_BYTES).decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise VmicError("approved-set state %s is unreadable: %s" % (path, exc))
-    if not isinstance(data, dict) or not isinstance(data.get("approved"), dict):
-        raise VmicError("approved-set state %s lacks an approved mapping" % path)
-    return data["approved"]
 
 
 def summary(approved):
@@ -151,19 +140,21 @@ def main():
             policy=dict(type="dict", required=True),
             hosts=dict(type="dict", default={}),
             state_dir=dict(type="path"),
+            known_images=dict(type="list", elements="str", default=[]),
         ),
         supports_check_mode=True,
     )
     params = module.params
     try:
         policy = Policy(params["policy"])
-        previous = load_previous(params["state_dir"])
-        decisions = evaluate(policy, params["lists"], known=previous.keys())
+        store = ApprovedSetStore(params["state_dir"])
+        previous = store.load()
+        decisions = evaluate(policy, params["lists"], known=set(previous) | check_known(params["known_images"]))
         selected = select(decisions, params["hosts"])
     except VmicError as exc:
         module.fail_json(msg=str(exc))
 
-    approved_images, current = [], {}
+    approved_images = []
     for decision in decisions:
         if not decision.approved:
             continue
@@ -172,12 +163,7 @@ def main():
         image["vmic:endorser"] = decision.candidate.endorser
         image["vmic:scope"] = decision.to_dict()["scope"]
         approved_images.append(image)
-        current[decision.candidate.identifier] = {
-            "version": image.get("hv:version"),
-            "sha512": image.get("sl:checksum:sha512"),
-            "title": image.get("dc:title"),
-            "list": decision.candidate.list_identifier,
-        }
+    current = approved_set(decisions)
     added = sorted(set(current) - set(previous))
     removed = sorted(set(previous) - set(current))
     updated = sorted(key for key in set(current) & set(previous)
@@ -185,12 +171,9 @@ def main():
     changed = bool(added or removed or updated)
     if changed and params["state_dir"] and not module.check_mode:
         try:
-            if not os.path.isdir(params["state_dir"]):
-                os.makedirs(params["state_dir"], mode=0o750)
-            write_atomic(os.path.join(params["state_dir"], STATE_FILE),
-                         (json.dumps({"approved": current}, sort_keys=True, indent=2) + "\n").encode("utf-8"), 0o640)
-        except OSError as exc:
-            module.fail_json(msg="approved-set state %s: %s" % (params["state_dir"], exc))
+            store.save(current)
+        except VmicError as exc:
+            module.fail_json(msg=str(exc))
     result = dict(
         changed=changed,
         approved=approved_images,

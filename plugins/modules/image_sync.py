@@ -20,6 +20,12 @@ description:
     delete), never one that a process holds open.
   - Any failure before the commit step leaves the store exactly as it was; verified partial data stays
     in the store's C(.partial) area so the next run resumes.
+  - Each subscribed list is judged on its own. A refused list (bad signature, expired, rollback, stale
+    CRL, unreachable, ...) keeps the images it covers exactly as they are and blocks nothing else: the
+    other lists are still applied (withdrawals included). The module does not fail for it; it names the
+    list in RV(refused_lists) and warns, and C(status.yml) fails on it. A list whose signer the site's
+    CRLs revoke is a definite signal - its images are retired (withdrawn).
+  - An image is (endorser, identifier); a list never affects another endorser's images.
   - Suited to C(async)/C(poll) so every host downloads at once.
   - Store layout - C(<store_dir>/<identifier>/<version>/<file>), metadata in
     C(<store_dir>/<identifier>/<version>.json), C(<store_dir>/<identifier>/current) symlink, downloads
@@ -40,9 +46,17 @@ options:
         description: Path or URL of the signed list.
         type: str
         required: true
-      expected_identifier:
-        description: The list UUID of this subscription.
+      endorser:
+        description:
+          - Name of the endorser (in O(endorsers)) this list is subscribed from. A list signed by anyone
+            else is refused, whatever it says about itself.
         type: str
+        required: true
+      identifier:
+        description: The list UUID of this subscription; a list with another C(dc:identifier) is refused.
+        type: str
+        required: true
+        aliases: [expected_identifier]
   ca_path:
     description: IGTF-layout directory of trust anchors. Exactly one of O(ca_path) and O(ca_file).
     type: path
@@ -65,6 +79,14 @@ options:
     description: The site policy, as for M(vmic.fleet.image_policy).
     type: dict
     required: true
+  known_images:
+    description:
+      - Identities (C(endorser/identifier)) the site approved before - the keys of the approved set that
+        C(publish.yml) records (C(approved.json)). They decide C(new_images=refuse) exactly as on the
+        controller, on an old host as on a fresh one.
+    type: list
+    elements: str
+    default: []
   profile:
     description: This host's profile - C(cluster), C(subcluster), C(hypervisor), C(arch).
     type: dict
@@ -111,7 +133,9 @@ options:
     description: CA bundle to check HTTPS servers with.
     type: path
   allow_http:
-    description: Allow plain C(http://) list URLs. Torrents may always come over HTTP since their sha256 is signed.
+    description:
+      - Allow plain C(http://) list and C(.torrent) URLs (and redirects to them). The signature and the
+        signed sha256 still protect the content, but not its freshness.
     type: bool
     default: false
   allow_legacy_digests:
@@ -132,7 +156,8 @@ EXAMPLES = r"""
   vmic.fleet.image_sync:
     lists:
       - src: https://repo.example.org/lists/base.list
-        expected_identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+        endorser: example-it
+        identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
     ca_path: /etc/grid-security/certificates
     endorsers: "{{ vmic_endorsers }}"
     policy: "{{ vmic_policy }}"
@@ -143,9 +168,16 @@ EXAMPLES = r"""
 
 RETURN = r"""
 plan:
-  description: Identifiers and versions to add, keep and retire.
+  description:
+    - Identifiers and versions to add, keep, retire, and hold (kept as they are because their list was
+      refused); C(refused) lists (source, endorser, identifier, revoked, reasons); C(conflicts).
   returned: always
   type: dict
+refused_lists:
+  description: The subscriptions whose list was refused this run, with the reasons.
+  returned: always
+  type: list
+  elements: dict
 images:
   description: Per image added - identifier, version, seconds, bytes_from_peers, bytes_from_web_seed, bytes_from_seeds, path.
   returned: always
@@ -177,6 +209,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import check_known
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import (
@@ -192,7 +225,8 @@ def main():
         argument_spec=dict(
             lists=dict(type="list", elements="dict", required=True, options=dict(
                 src=dict(type="str", required=True),
-                expected_identifier=dict(type="str"),
+                endorser=dict(type="str", required=True),
+                identifier=dict(type="str", required=True, aliases=["expected_identifier"]),
             )),
             ca_path=dict(type="path"),
             ca_file=dict(type="path"),
@@ -200,6 +234,7 @@ def main():
             crl_check=dict(type="bool", default=True),
             endorsers=dict(type="list", elements="dict", required=True),
             policy=dict(type="dict", required=True),
+            known_images=dict(type="list", elements="str", default=[]),
             profile=dict(type="dict", default={}),
             store_dir=dict(type="path", default="/var/lib/vmic/images"),
             state_dir=dict(type="path", default="/var/lib/vmic/lists"),
@@ -218,7 +253,7 @@ def main():
     )
     params = module.params
     deadline = time.time() + params["timeout"]
-    result = dict(changed=False, images=[], retired=[], in_use=[], lists=[], plan={})
+    result = dict(changed=False, images=[], retired=[], in_use=[], lists=[], plan={}, refused_lists=[])
     try:
         trust = TrustStore(ca_path=params["ca_path"], ca_file=params["ca_file"], crl_file=params["crl_file"], crl_check=params["crl_check"])
         registry = EndorserRegistry(params["endorsers"])
@@ -227,13 +262,19 @@ def main():
         state = ListStateStore(params["state_dir"])
         verdicts = verify_lists(params["lists"], trust, registry, state, allow_legacy_digests=params["allow_legacy_digests"],
                                 record=not module.check_mode, https_ca_file=params["https_ca_file"], allow_http=params["allow_http"])
-        result["lists"] = [dict(source=v["source"], valid=v["valid"], reasons=v["reasons"],
+        result["lists"] = [dict(source=v["source"], valid=v["valid"], reasons=v["reasons"], revoked=bool(v.get("revoked")),
+                                endorser=v["subscription"]["endorser"], identifier=v["subscription"]["identifier"],
                                 version=(v.get("metadata") or {}).get("hv:version")) for v in verdicts]
-        refused = [reason for v in verdicts if not v["valid"] for reason in v["reasons"]]
-        if refused:
-            module.fail_json(msg="refused image lists; the image store was not changed: " + "; ".join(refused), **result)
-        plan = plan_sync(verdicts, policy, params["profile"], store, known=[s.identifier for s in store.images()])
+        plan = plan_sync(verdicts, policy, params["profile"], store, known=check_known(params["known_images"]))
         result["plan"] = plan.to_dict()
+        result["refused_lists"] = result["plan"]["refused"]
+        for refused in plan.refused:
+            module.warn("image list %s (endorser %s) refused%s; %s" % (
+                refused["source"], refused["endorser"],
+                ", its signer is revoked: its images are withdrawn" if refused["revoked"] else ", its images are kept as they are",
+                "; ".join(refused["reasons"])))
+        for conflict in plan.conflicts:
+            module.warn(conflict)
         downloading = params["phase"] == "download"
         result["changed"] = bool(plan.add or (plan.retire and not downloading))
         if module._diff:

@@ -65,21 +65,34 @@ options:
         description: Issuer DN of the endorser's certificate.
         type: str
         required: true
+      ca_fingerprint:
+        description:
+          - SHA-256 fingerprint of the certificate of the CA that issues the endorser's certificate
+            (hex, colons allowed). The signer must chain through that very certificate, not merely a CA
+            of the same name. Without it, the pin is the one trust anchor whose subject is O(endorsers[].ca);
+            none or several such anchors refuse the endorser.
+        type: str
       urls:
         description:
           - Catalogue URLs this endorser signs. When given, a list from this endorser is accepted only
-            when its source or its signed C(hv:uri) is one of them.
+            when its source is one of them. What a list says about itself (C(hv:uri)) proves nothing.
         type: list
         elements: str
         default: []
   state_dir:
     description:
-      - Directory where the last accepted version and digest of each list (by list UUID) are kept,
-        to refuse rollback and replays. Without it, no rollback protection.
+      - Directory where the last accepted version and digest of each list, by (endorser, list UUID), are
+        kept, to refuse rollback and replays. Without it, no rollback protection.
     type: path
+  endorser:
+    description:
+      - Name of the endorser (in O(endorsers)) the list must be signed by; any other signer is refused.
+        Required with O(state_dir).
+    type: str
   expected_identifier:
     description: The list UUID this subscription expects; a list with another C(dc:identifier) is refused.
     type: str
+    aliases: [identifier]
   fail_on_invalid:
     description: Fail the task when the list is refused. With V(false), the verdict is returned.
     type: bool
@@ -122,6 +135,7 @@ EXAMPLES = r"""
         dn: /DC=org/DC=example/O=Example/CN=Image Endorser
         ca: /DC=org/DC=example/CN=Example CA
         urls: [https://repo.example.org/lists/base.list]
+    endorser: example-it
     expected_identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
     state_dir: /var/lib/vmic/lists
   register: base_list
@@ -171,6 +185,10 @@ endorser:
   description: Name of the trusted endorser that signed the list.
   returned: when valid
   type: str
+revoked:
+  description: Whether the site's CRLs revoke the signer's certificate (or a CA of its chain).
+  returned: always
+  type: bool
 sha256:
   description: sha256 of the signed payload.
   returned: when the signature was valid
@@ -211,10 +229,12 @@ def main():
                 name=dict(type="str", required=True),
                 dn=dict(type="str", required=True),
                 ca=dict(type="str", required=True),
+                ca_fingerprint=dict(type="str"),
                 urls=dict(type="list", elements="str", default=[]),
             )),
             state_dir=dict(type="path"),
-            expected_identifier=dict(type="str"),
+            endorser=dict(type="str"),
+            expected_identifier=dict(type="str", aliases=["identifier"]),
             fail_on_invalid=dict(type="bool", default=True),
             allow_legacy_digests=dict(type="bool", default=False),
             allow_http=dict(type="bool", default=False),
@@ -224,18 +244,21 @@ def main():
         ),
         mutually_exclusive=[("ca_path", "ca_file")],
         required_one_of=[("ca_path", "ca_file")],
+        required_by={"state_dir": ("endorser",)},
         supports_check_mode=True,
     )
     params = module.params
+    # Suboptions fill absent keys with None; the registry takes only what was given.
+    endorsers = [dict((key, value) for key, value in entry.items() if value is not None) for entry in params["endorsers"]]
     try:
         trust = TrustStore(ca_path=params["ca_path"], ca_file=params["ca_file"], crl_file=params["crl_file"],
                            crl_check=params["crl_check"])
-        registry = EndorserRegistry(params["endorsers"])
+        registry = EndorserRegistry(endorsers)
         state = ListStateStore(params["state_dir"]) if params["state_dir"] else None
         envelope = fetch_bytes(params["src"], params["max_bytes"], timeout=params["timeout"], ca_file=params["https_ca_file"],
                                allow_http=params["allow_http"], what="image list")
         verdict = verify_image_list(envelope, params["src"], trust, registry, state=state,
-                                    expected_identifier=params["expected_identifier"],
+                                    expected_identifier=params["expected_identifier"], expected_endorser=params["endorser"],
                                     allow_legacy_digests=params["allow_legacy_digests"],
                                     record=not module.check_mode, max_bytes=params["max_bytes"])
     except VmicError as exc:

@@ -24,22 +24,33 @@ def test_bad_dn_refused(bad):
 
 def test_state_refuses_rollback_and_same_version_other_bytes(tmp_path):
     store = ListStateStore(str(tmp_path))
-    assert store.rollback_reason(UUID, "5", "a" * 64) is None
-    assert store.record(UUID, "5", "a" * 64, "src")
-    assert not store.record(UUID, "5", "a" * 64, "src")
-    assert "rollback" in store.rollback_reason(UUID, "4", "b" * 64)
-    assert "same version, different bytes" in store.rollback_reason(UUID, "5", "b" * 64)
-    assert store.rollback_reason(UUID, "5", "a" * 64) is None
-    assert store.rollback_reason(UUID, "6", "c" * 64) is None
-    assert sorted(os.listdir(str(tmp_path))) == ["%s.json" % UUID]
+    assert store.rollback_reason("cern", UUID, "5", "a" * 64) is None
+    assert store.record("cern", UUID, "5", "a" * 64, "src")
+    assert not store.record("cern", UUID, "5", "a" * 64, "src")
+    assert "rollback" in store.rollback_reason("cern", UUID, "4", "b" * 64)
+    assert "same version, different bytes" in store.rollback_reason("cern", UUID, "5", "b" * 64)
+    assert store.rollback_reason("cern", UUID, "5", "a" * 64) is None
+    assert store.rollback_reason("cern", UUID, "6", "c" * 64) is None
+    assert sorted(os.listdir(str(tmp_path))) == ["cern"]
+    assert sorted(os.listdir(str(tmp_path / "cern"))) == ["%s.json" % UUID]
+
+
+def test_other_endorser_state_freeze_refused(tmp_path):
+    """One endorser's record of a list UUID is no floor for another endorser's list with that UUID."""
+    store = ListStateStore(str(tmp_path))
+    assert store.record("attacker", UUID, "999999", "a" * 64, "src")
+    assert store.rollback_reason("victim", UUID, "5", "b" * 64) is None
+    assert store.get("victim", UUID) is None
 
 
 def test_corrupt_state_file_is_an_error(tmp_path):
-    (tmp_path / ("%s.json" % UUID)).write_text("{not json")
+    (tmp_path / "cern").mkdir()
+    (tmp_path / "cern" / ("%s.json" % UUID)).write_text("{not json")
     with pytest.raises(StateError, match="unreadable"):
-        ListStateStore(str(tmp_path)).get(UUID)
+        ListStateStore(str(tmp_path)).get("cern", UUID)
 
 
-def test_state_identifier_must_be_uuid(tmp_path):
+@pytest.mark.parametrize("endorser,identifier", [("cern", "../../etc/passwd"), ("..", UUID), ("a/b", UUID), ("", UUID)])
+def test_state_path_traversal_refused(tmp_path, endorser, identifier):
     with pytest.raises(StateError):
-        ListStateStore(str(tmp_path)).get("../../etc/passwd")
+        ListStateStore(str(tmp_path)).get(endorser, identifier)

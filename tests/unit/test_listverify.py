@@ -81,7 +81,14 @@ def env(pki, tmp_path):
 
 
 def snapshot(path):
-    return dict((name, (path / name).read_bytes()) for name in sorted(os.listdir(str(path))))
+    """Every file under ``path`` (the state is kept per endorser directory) with its bytes."""
+    files = {}
+    for directory, _dirs, names in os.walk(str(path)):
+        for name in names:
+            full = os.path.join(directory, name)
+            with open(full, "rb") as handle:
+                files[os.path.relpath(full, str(path))] = handle.read()
+    return files
 
 
 def run(env, envelope, **kwargs):
@@ -363,7 +370,7 @@ def test_sha1_accepted_only_when_legacy_digests_allowed(env):
 def test_valid_list_accepted_and_recorded(env):
     verdict = accept_version_5(env)
     assert verdict.state_changed and verdict.endorser == "good"
-    assert json.loads((env["state_dir"] / ("%s.json" % LIST_ID)).read_text())["version"] == "5"
+    assert json.loads((env["state_dir"] / "good" / ("%s.json" % LIST_ID)).read_text())["version"] == "5"
     again = accept_version_5(env)
     assert not again.state_changed
 

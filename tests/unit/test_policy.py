@@ -7,6 +7,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy, e
 
 LIST_A = "11111111-1111-4111-8111-111111111111"
 LIST_B = "22222222-2222-4222-8222-222222222222"
+LIST_C = "44444444-4444-4444-8444-444444444444"
 
 
 def image(uuid, title="img", vo="atlas", os_="Linux", arch="x86_64", hypervisor="kvm", **extra):
@@ -59,7 +60,7 @@ def test_deny_beats_approve():
 
 
 def test_approve_by_uuid_vo_os_arch_hypervisor():
-    assert approved({"rules": [{"action": "approve", "identifier": U3.upper()}]}) == [U3]
+    assert approved({"rules": [{"action": "approve", "endorser": "desy", "identifier": U3.upper()}]}) == [U3]
     assert approved({"rules": [{"action": "approve", "vo": "CMS"}]}) == [U2]
     assert approved({"rules": [{"action": "approve", "os": "freebsd"}]}) == [U3]
     assert approved({"rules": [{"action": "approve", "arch": "x86_64", "hypervisor": "kvm"}]}) == [U1, U2]
@@ -78,17 +79,60 @@ def test_no_rule_means_not_approved():
 
 def test_new_images_refused_unless_named():
     spec = {"new_images": "refuse",
-            "rules": [{"action": "approve", "endorser": "cern"}, {"action": "approve", "identifier": U2}]}
+            "rules": [{"action": "approve", "endorser": "cern"}, {"action": "approve", "endorser": "cern", "identifier": U2}]}
     assert approved(spec) == [U2]
-    assert approved(spec, known=[U1]) == [U1, U2]
+    assert approved(spec, known=["cern/" + U1]) == [U1, U2]
     assert "new image" in decide(spec)[U1].reasons[0]
 
 
-def test_identifier_claimed_by_two_lists_refused():
+def test_new_images_known_under_another_endorser_refused():
+    """An identity approved before is (endorser, uuid): the same UUID known from another endorser is new."""
+    spec = {"new_images": "refuse", "rules": [{"action": "approve", "endorser": "cern"}]}
+    assert approved(spec, known=["desy/" + U1]) == []
+
+
+def test_identifier_claimed_by_two_lists_of_one_endorser_refused():
     data = lists()
-    data[1]["images"].append(image(U1, "impostor"))
+    data.append({"valid": True, "endorser": "cern", "metadata": {"dc:identifier": LIST_C}, "expired_images": [],
+                 "images": [image(U1, "second copy")]})
     decisions = evaluate(Policy({"rules": [{"action": "approve", "os": "linux"}]}), data)
     assert not any(d.approved for d in decisions if d.candidate.identifier == U1)
+
+
+def squatted_lists():
+    """desy lists cern's image identifier U1 (an endorser squatting another's identifier)."""
+    data = lists()
+    data[1]["images"].append(image(U1, "impostor"))
+    return data
+
+
+def test_identifier_squatting_by_denied_endorser_refused():
+    """A squatter the policy does not approve changes nothing for the owner's image."""
+    spec = {"rules": [{"action": "approve", "endorser": "cern"}]}
+    decisions = [d for d in evaluate(Policy(spec), squatted_lists()) if d.candidate.identifier == U1]
+    owner = [d for d in decisions if d.candidate.endorser == "cern"][0]
+    squatter = [d for d in decisions if d.candidate.endorser == "desy"][0]
+    assert owner.approved, owner.reasons
+    assert not squatter.approved
+
+
+def test_identifier_squatting_by_approved_endorser_refused():
+    """Both endorsers approved: the image approved before keeps its identifier; the squatter is refused and reported."""
+    spec = {"rules": [{"action": "approve", "os": "linux"}]}
+    decisions = [d for d in evaluate(Policy(spec), squatted_lists(), known=["cern/" + U1]) if d.candidate.identifier == U1]
+    owner = [d for d in decisions if d.candidate.endorser == "cern"][0]
+    squatter = [d for d in decisions if d.candidate.endorser == "desy"][0]
+    assert owner.approved and "identifier conflict" in " ".join(owner.reasons)
+    assert not squatter.approved and "identifier conflict" in " ".join(squatter.reasons)
+    # Neither approved before: both refused, the conflict named.
+    fresh = [d for d in evaluate(Policy(spec), squatted_lists()) if d.candidate.identifier == U1]
+    assert not any(d.approved for d in fresh)
+    assert all("listed by endorsers cern, desy" in " ".join(d.reasons) for d in fresh)
+
+
+def test_identifier_rule_without_endorser_refused():
+    with pytest.raises(PolicyError, match="names an identifier but no endorser"):
+        Policy({"rules": [{"action": "approve", "identifier": U1}]})
 
 
 def test_selection_by_scope_hypervisor_and_arch():

@@ -1,0 +1,90 @@
+# -*- coding: utf-8 -*-
+# Copyright: vmic.fleet contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The site's approved set: which images the site approved at its last publication.
+
+``publish.yml`` (module ``image_policy`` with a ``state_dir``) writes ``approved.json`` on the
+controller after applying the policy; ``rollout.yml`` and ``status.yml`` read the same file and pass
+its identities to every hypervisor as ``known_images``. That is the single meaning of "approved
+before" for ``new_images: refuse``: a fresh hypervisor decides exactly as an old one.
+
+File format: ``{"approved": {"<endorser>/<image uuid>": {version, sha512, title, list, endorser}}}``.
+Keys without an endorser (files of earlier releases) name no image and are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited, write_atomic
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import PolicyError, VmicError
+
+STATE_FILE = "approved.json"
+MAX_STATE_BYTES = 16 * 1024 * 1024
+MAX_KNOWN = 100000
+_IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def check_known(items):
+    """Validate ``known_images`` as a module option gives them; returns a frozenset of identities."""
+    if items is None:
+        return frozenset()
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise PolicyError("known_images must be a list of endorser/uuid strings, got %s" % type(items).__name__)
+    if len(items) > MAX_KNOWN:
+        raise PolicyError("known_images: %d entries, more than the limit of %d" % (len(items), MAX_KNOWN))
+    for item in items:
+        if not isinstance(item, str) or not _IDENTITY_RE.match(item):
+            raise PolicyError("known_images: %r is not <endorser>/<lower-case image uuid>" % (item,))
+    return frozenset(items)
+
+
+class ApprovedSetStore(object):
+    """``approved.json`` in a state directory (None: no state, nothing approved before)."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, STATE_FILE) if state_dir else None
+
+    def load(self):
+        """identity -> record of the last publication (empty when there was none)."""
+        if not self.path or not os.path.exists(self.path):
+            return {}
+        try:
+            data = json.loads(read_limited(self.path, MAX_STATE_BYTES).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, VmicError) as exc:
+            raise VmicError("approved-set state %s is unreadable: %s" % (self.path, exc))
+        if not isinstance(data, dict) or not isinstance(data.get("approved"), dict):
+            raise VmicError("approved-set state %s lacks an approved mapping" % self.path)
+        return dict((key, value) for key, value in data["approved"].items() if _IDENTITY_RE.match(key) and isinstance(value, dict))
+
+    def save(self, approved):
+        """Write the approved set atomically."""
+        if not self.path:
+            raise VmicError("approved-set state: no state directory")
+        try:
+            if not os.path.isdir(self.state_dir):
+                os.makedirs(self.state_dir, mode=0o750)
+            write_atomic(self.path, (json.dumps({"approved": approved}, sort_keys=True, indent=2) + "\n").encode("utf-8"), 0o640)
+        except OSError as exc:
+            raise VmicError("approved-set state %s: %s" % (self.path, exc.strerror or exc))
+
+
+def approved_set(decisions):
+    """identity -> record, for the approved decisions."""
+    current = {}
+    for decision in decisions:
+        if not decision.approved:
+            continue
+        candidate = decision.candidate
+        image = candidate.image
+        current[candidate.identity] = {
+            "version": image.get("hv:version"),
+            "sha512": image.get("sl:checksum:sha512"),
+            "title": image.get("dc:title"),
+            "list": candidate.list_identifier,
+            "endorser": candidate.endorser,
+        }
+    return current

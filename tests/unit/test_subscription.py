@@ -1,0 +1,87 @@
+"""A subscription (source URL, endorser, list UUID) comes from the site, never from the list.
+
+Attacks of one trusted endorser on another's catalogue, against real openssl verification: taking
+over a list UUID to freeze it, serving a genuine list of its own at the other's URL, and claiming a
+catalogue URL through the list's own hv:uri. Each is refused and leaves the victim's state as it was.
+"""
+
+import os
+
+import pytest
+
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError
+from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
+from ansible_collections.vmic.fleet.plugins.module_utils.liststate import ListStateStore
+from ansible_collections.vmic.fleet.plugins.module_utils.truststore import EndorserRegistry, TrustStore
+
+from test_listverify import LIST_ID, NOW, SOURCE, document, encode, sign, snapshot
+
+OTHER_LIST = "9c8b7a6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
+OTHER_SOURCE = "https://repo.test/lists/other.list"
+
+
+@pytest.fixture()
+def site(pki, tmp_path):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    registry = EndorserRegistry([
+        {"name": "victim", "dn": pki.good.dn, "ca": pki.good.issuer_dn, "urls": [SOURCE]},
+        {"name": "attacker", "dn": pki.other.dn, "ca": pki.other.issuer_dn},
+    ])
+    return {"pki": pki, "trust": TrustStore(ca_path=pki.ca_path), "registry": registry,
+            "state": ListStateStore(str(state_dir)), "state_dir": state_dir}
+
+
+def verify(site, envelope, source=SOURCE, **kwargs):
+    return verify_image_list(envelope, source, site["trust"], site["registry"], state=site["state"], now=NOW, **kwargs)
+
+
+def victim_list(site, version="5"):
+    return sign(site["pki"].good, encode(document(site["pki"].good, version=version)))
+
+
+def test_foreign_endorser_list_uuid_freeze_refused(site):
+    """The attacker signs a list with the victim's UUID and a huge version, served at the victim's URL."""
+    pki = site["pki"]
+    forged = sign(pki.other, encode(document(pki.other, version="999999")))
+    verdict = verify(site, forged, expected_endorser="victim", expected_identifier=LIST_ID)
+    assert not verdict.valid
+    assert "signed by endorser attacker, not by victim" in " ".join(verdict.reasons)
+    assert snapshot(site["state_dir"]) == {}
+    genuine = verify(site, victim_list(site), expected_endorser="victim", expected_identifier=LIST_ID)
+    assert genuine.valid, genuine.reasons
+
+
+def test_foreign_endorser_state_freeze_refused(site):
+    """Even where the attacker's list is accepted as its own (no subscription named), it keys its own state only."""
+    pki = site["pki"]
+    forged = sign(pki.other, encode(document(pki.other, version="999999")))
+    accepted = verify(site, forged, source=OTHER_SOURCE)
+    assert accepted.valid and accepted.endorser == "attacker", accepted.reasons
+    assert sorted(snapshot(site["state_dir"])) == [os.path.join("attacker", LIST_ID + ".json")]
+    genuine = verify(site, victim_list(site), expected_endorser="victim", expected_identifier=LIST_ID)
+    assert genuine.valid and genuine.previous_version is None, genuine.reasons
+    later = verify(site, victim_list(site, version="6"), expected_endorser="victim", expected_identifier=LIST_ID)
+    assert later.valid and later.previous_version == "5"
+
+
+def test_other_endorser_genuine_list_at_subscribed_url_refused(site):
+    """A genuine list of the attacker (its own UUID) served at the victim's URL, without a UUID pin."""
+    pki = site["pki"]
+    own = sign(pki.other, encode(document(pki.other, **{"dc:identifier": OTHER_LIST, "hv:uri": OTHER_SOURCE})))
+    verdict = verify(site, own, expected_endorser="victim")
+    assert not verdict.valid and "not by victim" in " ".join(verdict.reasons)
+    assert snapshot(site["state_dir"]) == {}
+
+
+def test_hv_uri_self_assertion_refused(site):
+    """A list fetched from elsewhere does not become one of the endorser's catalogues by naming one in hv:uri."""
+    verdict = verify(site, victim_list(site), source="https://mirror.test/lists/any.list")
+    assert not verdict.valid
+    assert "not trusted for this catalogue" in " ".join(verdict.reasons)
+    assert snapshot(site["state_dir"]) == {}
+
+
+def test_subscription_to_unknown_endorser_refused(site):
+    with pytest.raises(TrustError, match="not in the endorser list"):
+        verify(site, victim_list(site), expected_endorser="nobody")
