@@ -58,7 +58,7 @@ def seed_all(swarm, plan):
 
 def module_args(swarm, node, pki, policy, check_mode=False):
     return {"ANSIBLE_MODULE_ARGS": {
-        "lists": [{"src": swarm.web_seed_url_base + "lists/site.list", "expected_identifier": LIST_ID}],
+        "lists": [{"src": swarm.web_seed_url_base + "lists/site.list", "endorser": "good", "identifier": LIST_ID}],
         "ca_path": pki.ca_path,
         "endorsers": [{"name": "good", "dn": pki.good.dn, "ca": pki.good.issuer_dn}],
         "policy": policy,
@@ -102,7 +102,7 @@ def store_listing(node):
 
 
 APPROVE_ALL = {"rules": [{"action": "approve", "endorser": "good"}]}
-DENY_B = {"rules": [{"action": "approve", "endorser": "good"}, {"action": "deny", "identifier": IMAGE_B}]}
+DENY_B = {"rules": [{"action": "approve", "endorser": "good"}, {"action": "deny", "endorser": "good", "identifier": IMAGE_B}]}
 
 
 @pytest.fixture(scope="module")
