@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
@@ -47,13 +48,31 @@ class Engine(object):
         """One status dict per torrent (all torrents, or only ``key``)."""
         raise EngineError("%s does not implement status" % type(self).__name__)
 
-    def move(self, key, dest_dir):
-        """Move the torrent's file into ``dest_dir`` (same filesystem: one rename); return when done."""
+    def move(self, key, dest_dir, source_dir=None, name=None):
+        """Move the torrent's file into ``dest_dir`` (same filesystem: one rename); return when done.
+
+        ``source_dir`` and ``name`` are where the caller added it and the file name of the checked torrent: the
+        move is refused when the engine says otherwise (an engine that does not run as root needs them).
+        """
         raise EngineError("%s does not implement move" % type(self).__name__)
 
-    def remove(self, key, delete_files=False):
-        """Stop and forget a torrent; with ``delete_files`` also delete its data."""
+    def remove(self, key, delete_files=False, save_dir=None, name=None):
+        """Stop and forget a torrent; with ``delete_files`` also delete its data.
+
+        ``save_dir`` and ``name`` as for :meth:`move`: with them the removal is refused when the engine says
+        otherwise (an engine that does not run as root deletes nothing without them).
+        """
         raise EngineError("%s does not implement remove" % type(self).__name__)
+
+
+def check_location(where, op, key, status, save_dir, name):
+    """Refuse ``op`` when the engine's status of ``key`` names another directory or file than the caller expects."""
+    if save_dir is None and name is None:
+        return
+    answered_dir = os.path.normpath(str(status.get("save_dir")))
+    if (save_dir is not None and answered_dir != os.path.normpath(save_dir)) or (name is not None and status.get("name") != name):
+        raise EngineError("%s: %s %s: the engine says it holds %r in %s, but it was added as %r in %s; refused"
+                          % (where, op, key, status.get("name"), answered_dir, name, save_dir))
 
 
 class LibtorrentEngineClient(Engine):
@@ -132,8 +151,18 @@ class LibtorrentEngineClient(Engine):
             raise EngineError("engine %s: status: malformed response" % self.socket_path)
         return torrents
 
-    def move(self, key, dest_dir):
+    def _check(self, op, key, save_dir, name):
+        if save_dir is None and name is None:
+            return
+        found = self.status(key)
+        if not found:
+            raise EngineError("engine %s: %s: no torrent %s" % (self.socket_path, op, key))
+        check_location("engine %s" % self.socket_path, op, key, found[0], save_dir, name)
+
+    def move(self, key, dest_dir, source_dir=None, name=None):
+        self._check("move", key, source_dir, name)
         self.request("move", key=key, dest_dir=dest_dir)
 
-    def remove(self, key, delete_files=False):
+    def remove(self, key, delete_files=False, save_dir=None, name=None):
+        self._check("remove", key, save_dir, name)
         self.request("remove", key=key, delete_files=bool(delete_files))

@@ -40,8 +40,9 @@ import re
 import socket
 import time
 import xmlrpc.client
+from stat import S_ISREG
 
-from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS, Engine
+from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS, Engine, check_location
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError, TorrentError
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES, bdecode, parse_torrent
 
@@ -370,22 +371,44 @@ class RtorrentEngineClient(Engine):
         }
         return dict((field, status[field]) for field in STATUS_FIELDS)
 
-    def move(self, key, dest_dir):
+    def _located(self, key, op, source_dir, name):
+        """The status of ``key`` after checking that rtorrent names the directory and file the caller added.
+
+        Every path this client acts on is built from ``source_dir`` and ``name`` (the caller's), never from
+        rtorrent's answer: whoever answers on the socket could otherwise point root at any file.
+        """
+        if source_dir is None or name is None:
+            raise EngineError("rtorrent %s: %s %s: the directory and file name it was added with are needed "
+                              "(this client does not act on paths rtorrent answers)" % (self.socket_path, op, key))
+        if not isinstance(name, str) or not name or "/" in name or name in (".", "..") or "\0" in name:
+            raise EngineError("rtorrent %s: %s %s: %r is not a file name" % (self.socket_path, op, key, name))
+        source_dir = self._dir(source_dir, "%s %s" % (op, key), "source directory")
+        current = self._one(key, op)
+        check_location("rtorrent %s" % self.socket_path, op, key, current, source_dir, name)
+        return current, source_dir
+
+    def _regular(self, path, what):
+        try:
+            stat = os.lstat(path)
+        except OSError as exc:
+            raise EngineError("rtorrent %s: %s: %s" % (self.socket_path, what, exc.strerror or exc))
+        if not S_ISREG(stat.st_mode):
+            raise EngineError("rtorrent %s: %s: %s is not a regular file" % (self.socket_path, what, path))
+        return stat
+
+    def move(self, key, dest_dir, source_dir=None, name=None):
         key = self._key(key, "move")
-        current = self._one(key, "move")
-        dest_dir = self._dir(dest_dir, "move %s" % current["name"], "dest_dir")
-        source = os.path.join(current["save_dir"], current["name"])
-        target = os.path.join(dest_dir, current["name"])
-        what = "move %s from %s to %s" % (current["name"], current["save_dir"], dest_dir)
-        if os.path.normpath(current["save_dir"]) == dest_dir:
+        current, source_dir = self._located(key, "move", source_dir, name)
+        dest_dir = self._dir(dest_dir, "move %s" % name, "dest_dir")
+        source = os.path.join(source_dir, name)
+        target = os.path.join(dest_dir, name)
+        what = "move %s from %s to %s" % (name, source_dir, dest_dir)
+        if source_dir == dest_dir:
             return
         if os.path.lexists(target):
             raise EngineError("rtorrent %s: %s: %s already exists" % (self.socket_path, what, target))
-        try:
-            if os.stat(source).st_dev != os.stat(dest_dir).st_dev:
-                raise EngineError("rtorrent %s: %s: %s is on another filesystem" % (self.socket_path, what, dest_dir))
-        except OSError as exc:
-            raise EngineError("rtorrent %s: %s: %s" % (self.socket_path, what, exc.strerror or exc))
+        if self._regular(source, what).st_dev != os.stat(dest_dir).st_dev:
+            raise EngineError("rtorrent %s: %s: %s is on another filesystem" % (self.socket_path, what, dest_dir))
         handle = key.upper()
         was_started = current["state"] != "paused"
         # rtorrent refuses a new directory while the download's files are open: stop and close first
@@ -396,6 +419,7 @@ class RtorrentEngineClient(Engine):
             # rename(2) after a link check: the file appears in dest_dir complete, in one step
             if os.path.lexists(target):
                 raise EngineError("rtorrent %s: %s: %s already exists" % (self.socket_path, what, target))
+            self._regular(source, what)
             os.rename(source, target)
         except OSError as exc:
             if was_started:
@@ -409,19 +433,20 @@ class RtorrentEngineClient(Engine):
         self._wait("%s: rtorrent did not take the new directory" % what,
                    lambda: os.path.normpath(self._one(key, "move")["save_dir"]) == dest_dir)
 
-    def remove(self, key, delete_files=False):
+    def remove(self, key, delete_files=False, save_dir=None, name=None):
         key = self._key(key, "remove")
-        found = self.status(key)
-        if not found:
+        if not self.status(key):
             return
-        current = found[0]
-        path = os.path.join(current["save_dir"], current["name"])
-        handle = key.upper()
-        self.call("d.erase", handle)
+        path = None
+        if delete_files or save_dir is not None or name is not None:
+            _current, save_dir = self._located(key, "remove", save_dir, name)
+            path = os.path.join(save_dir, name)
+        self.call("d.erase", key.upper())
         self._wait("remove %s: rtorrent still lists it" % key, lambda: key not in self.keys())
         if delete_files:
             try:
-                if os.path.isfile(path) and not os.path.islink(path):
+                if os.path.lexists(path):
+                    self._regular(path, "remove %s" % key)
                     os.unlink(path)
             except OSError as exc:
                 raise EngineError("rtorrent %s: remove %s: deleting %s: %s" % (self.socket_path, key, path, exc.strerror or exc))

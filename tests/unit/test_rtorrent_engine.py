@@ -180,13 +180,13 @@ def test_hybrid_torrent_seeded_in_seed_mode_and_downloaded_moved_removed(rtorren
 
     store = tmp_path / "store"
     store.mkdir()
-    leech.client.move(key, str(store))
+    leech.client.move(key, str(store), str(partial), meta.name)
     assert (store / meta.name).is_file() and not (partial / meta.name).exists()
     moved = leech.status(key)
     assert moved["save_dir"] == str(store) and moved["state"] == "seeding" and moved["total_done"] == meta.size
     assert sha512(str(store / meta.name)) == image["sha512"]
 
-    leech.client.remove(key, delete_files=True)
+    leech.client.remove(key, delete_files=True, save_dir=str(store), name=meta.name)
     assert leech.client.status(key) == [] and leech.client.keys() == []
     assert not (store / meta.name).exists()
     leech.client.remove(key)                              # absent: nothing to do
@@ -244,11 +244,11 @@ def test_move_refuses_an_existing_target_and_keeps_seeding(rtorrents, image, tmp
     occupied.mkdir()
     (occupied / meta.name).write_bytes(b"other")
     with pytest.raises(EngineError, match="already exists"):
-        node.client.move(key, str(occupied))
+        node.client.move(key, str(occupied), str(work), meta.name)
     assert (occupied / meta.name).read_bytes() == b"other"
     assert node.status(key)["save_dir"] == str(work)
     with pytest.raises(EngineError, match="not a directory"):
-        node.client.move(key, str(tmp_path / "missing"))
+        node.client.move(key, str(tmp_path / "missing"), str(work), meta.name)
 
 
 def test_bad_requests_name_the_reason(rtorrents, image, tmp_path):
@@ -259,9 +259,41 @@ def test_bad_requests_name_the_reason(rtorrents, image, tmp_path):
     with pytest.raises(EngineError, match="not an absolute path"):
         node.client.add(image["meta"].data, "relative/dir")
     with pytest.raises(EngineError, match="no torrent"):
-        node.client.move("0" * 40, str(tmp_path))
+        node.client.move("0" * 40, str(tmp_path), str(tmp_path), image["meta"].name)
     with pytest.raises(EngineError, match="d.name failed"):
         node.client.call("d.name", "0" * 40)
+
+
+def test_engine_path_answer_redirect_refused(rtorrents, image, tmp_path):
+    """Whoever answers on rtorrent's socket points the download at another directory: root acts on no path it answers."""
+    meta = image["meta"]
+    node = rtorrents("node", "127.0.0.10")
+    work, victims, dest = tmp_path / "work", tmp_path / "victims", tmp_path / "dest"
+    for path in (work, victims, dest):
+        path.mkdir()
+    shutil.copy(image["path"], str(work / meta.name))
+    (victims / meta.name).write_bytes(b"victim")
+    key = node.client.add(meta.data, str(work), seed_mode=True)
+    handle = key.upper()
+    node.client.call("d.stop", handle)
+    node.client.call("d.close", handle)
+    node.client.call("d.directory.set", handle, str(victims))
+    node.client.call("d.start", handle)
+    assert node.status(key)["save_dir"] == str(victims)
+
+    with pytest.raises(EngineError, match="added as .* in %s; refused" % work):
+        node.client.move(key, str(dest), str(work), meta.name)
+    with pytest.raises(EngineError, match="does not act on paths rtorrent answers"):
+        node.client.move(key, str(dest))
+    with pytest.raises(EngineError, match="refused"):
+        node.client.remove(key, delete_files=True, save_dir=str(work), name=meta.name)
+    with pytest.raises(EngineError, match="does not act on paths rtorrent answers"):
+        node.client.remove(key, delete_files=True)
+    assert (victims / meta.name).read_bytes() == b"victim"
+    assert sha512(str(work / meta.name)) == image["sha512"] and os.listdir(str(dest)) == []
+    assert node.client.keys() == [key]
+    node.client.remove(key)                               # forgetting it deletes nothing
+    assert node.client.keys() == [] and (victims / meta.name).read_bytes() == b"victim"
 
 
 def test_response_size_limit(rtorrents):
