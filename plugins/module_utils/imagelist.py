@@ -45,6 +45,9 @@ _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F
 _SHA512_RE = re.compile(r"^[0-9a-f]{128}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _HEX40_RE = re.compile(r"^[0-9a-f]{40}$")
+# vmic:torrent: an absolute http(s) URL with a host; no whitespace or control characters. Whether plain
+# http is fetched is the consumer's choice (allow_http); file://, ftp:// and local paths never are.
+_TORRENT_URL_RE = re.compile(r"^https?://[^/?#\s@]+(?:[/?#][^\s]*)?$", re.IGNORECASE)
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+:~_-]{0,63}$")
 _VERSION_PART_RE = re.compile(r"[0-9]+|[A-Za-z]+")
 
@@ -377,6 +380,9 @@ def _check_image(index, item, reasons, seen):
         _check_version(item["hv:version"], where, reasons)
     if "dc:date:expires" in item:
         _check_date(item, "dc:date:expires", where, reasons)
+    if _is_string(item.get(TORRENT_URI)) and not _TORRENT_URL_RE.match(item[TORRENT_URI]):
+        reasons.append("%s %s %r is not an absolute https:// (or http://) URL; a local path or another scheme is refused"
+                       % (where, TORRENT_URI, item[TORRENT_URI]))
     for key, pattern in ((TORRENT_SHA256, _SHA256_RE), (BTIH_V1, _HEX40_RE), (BTIH_V2, _SHA256_RE)):
         if key in item and (not _is_string(item[key]) or not pattern.match(item[key])):
             reasons.append("%s %s is malformed" % (where, key))

@@ -179,3 +179,16 @@ def test_build_and_serialise_round_trip():
     again = il.parse_image_list(built.to_json_bytes(), "rt")
     assert again.to_json_bytes() == built.to_json_bytes()
     assert again.created == "1970-01-01T00:00:00Z" and again.version == "7"
+
+
+@pytest.mark.parametrize("uri", ["/srv/repo/torrents/img.torrent", "img.torrent", "file:///etc/passwd", "ftp://repo.test/img.torrent",
+                                 "https:///no-host.torrent", "https://repo.test/a b.torrent", "//repo.test/img.torrent"])
+def test_local_path_torrent_refused(uri):
+    with pytest.raises(il.ImageListError) as info:
+        il.parse_image_list(mutate(IMG + ["vmic:torrent"], uri), "torrent-uri")
+    assert "vmic:torrent %r is not an absolute https:// (or http://) URL" % uri in str(info.value)
+
+
+@pytest.mark.parametrize("uri", ["https://repo.test/torrents/img.torrent", "http://repo.test:8080/t/img.torrent?x=1", "HTTPS://Repo.Test/t"])
+def test_torrent_url_accepted(uri):
+    assert il.parse_image_list(mutate(IMG + ["vmic:torrent"], uri), "torrent-uri").images[0].torrent_uri == uri
