@@ -33,6 +33,8 @@ from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreErro
 
 PARTIAL = ".partial"
 META_SUFFIX = ".json"
+TORRENT_SUFFIX = ".torrent"
+MAX_TORRENT_BYTES = 16 * 1024 * 1024
 CURRENT = "current"
 HASH_CHUNK = 4 * 1024 * 1024
 MAX_META_BYTES = 1024 * 1024
@@ -212,6 +214,19 @@ class StoredImage(object):
         """Path of the image file."""
         return os.path.join(self.store.store_dir, self.identifier, self.version, self.name)
 
+    @property
+    def directory(self):
+        """The directory that holds the image file (the engine seeds it from there)."""
+        return os.path.join(self.store.store_dir, self.identifier, self.version)
+
+    def torrent(self):
+        """The bytes of the checked .torrent the image was committed with, or None (kept since this store version)."""
+        path = os.path.join(self.store.store_dir, self.identifier, self.version + TORRENT_SUFFIX)
+        try:
+            return read_limited(path, MAX_TORRENT_BYTES)
+        except OSError:
+            return None
+
     def to_dict(self):
         """Plain data for module results."""
         return {
@@ -317,11 +332,12 @@ class ImageStore(object):
             os.chmod(path, 0o755)
         return final
 
-    def commit(self, identifier, version, name, meta):
+    def commit(self, identifier, version, name, meta, torrent=None):
         """Publish a verified image: make it root's and read-only, write its metadata, switch ``current``.
 
         The file must already be in :meth:`final_dir` (moved there by a rename or linked); a file that a
-        process still holds open for writing is refused.
+        process still holds open for writing is refused. ``torrent`` (the checked .torrent) is kept beside the
+        metadata, so that the engine can seed the image again from another directory.
         """
         final = os.path.join(self.make_final_dir(identifier, version), name)
         if not os.path.isfile(final) or os.path.islink(final):
@@ -331,6 +347,8 @@ class ImageStore(object):
         record.update({"identifier": identifier, "version": version, "name": name,
                        "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         directory = os.path.join(self.store_dir, identifier)
+        if torrent is not None:
+            write_atomic(os.path.join(directory, version + TORRENT_SUFFIX), bytes(torrent), 0o644)
         write_atomic(os.path.join(directory, version + META_SUFFIX),
                      (json.dumps(record, sort_keys=True, indent=2) + "\n").encode("utf-8"), 0o644)
         self._switch_current(directory, os.path.join(version, name))
@@ -379,6 +397,12 @@ class ImageStore(object):
             if not os.path.isdir(target):
                 os.makedirs(target, mode=0o750)
         os.unlink(meta_path)
+        torrent_path = os.path.join(directory, image.version + TORRENT_SUFFIX)
+        if os.path.isfile(torrent_path):
+            if mode == "archive":
+                os.replace(torrent_path, os.path.join(target, image.version + TORRENT_SUFFIX))
+            else:
+                os.unlink(torrent_path)
         link = os.path.join(directory, CURRENT)
         if os.path.islink(link) and os.readlink(link).split(os.sep)[0] == image.version:
             os.unlink(link)
@@ -399,7 +423,27 @@ class ImageStore(object):
             pass
 
     def discard_partial(self, identifier, version):
-        """Delete a download in progress (after a verification failure)."""
+        """Delete a download in progress (after a verification failure, or one no longer planned)."""
         path = self.partial_dir(identifier, version)
         if os.path.isdir(path):
             shutil.rmtree(path)
+        try:
+            os.rmdir(os.path.dirname(path))
+        except OSError:
+            pass
+
+    def partials(self):
+        """(identifier, version) of every download directory in the partial area."""
+        found = []
+        root = os.path.join(self.store_dir, PARTIAL)
+        if not os.path.isdir(root):
+            return found
+        for identifier in sorted(os.listdir(root)):
+            directory = os.path.join(root, identifier)
+            if not _UUID_RE.match(identifier) or os.path.islink(directory) or not os.path.isdir(directory):
+                continue
+            for version in sorted(os.listdir(directory)):
+                path = os.path.join(directory, version)
+                if _VERSION_RE.match(version) and version not in (".", "..") and os.path.isdir(path) and not os.path.islink(path):
+                    found.append((identifier, version))
+        return found

@@ -24,7 +24,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, FetchError, LimitError, StoreError, TorrentError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
-from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, check_file, secure_file
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate
 
@@ -253,9 +253,13 @@ def _write_progress(store, items, started):
 
 
 def _engine_owned_dir(path, mode, owner):
-    """Create ``path``; hand it to the engine's user when the engine does not run as root (rtorrent)."""
+    """Create a download directory (its identifier directory 0711); hand it to the engine's user when the engine
+    does not run as root (rtorrent). Only download directories are the engine's: final directories are root's."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        os.mkdir(parent, 0o711)
     if not os.path.isdir(path):
-        os.makedirs(path, mode=mode)
+        os.mkdir(path, mode)
     if owner is not None:
         os.chown(path, owner[0], owner[1])
 
@@ -273,40 +277,87 @@ def engine_owner(spec):
     return entry.pw_uid, entry.pw_gid
 
 
-def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None):
-    """Download and verify every image to add; commit all only when all verified. Returns per-image results.
+def _same_dir(left, right):
+    return left is not None and right is not None and os.path.normpath(str(left)) == os.path.normpath(str(right))
 
-    With ``commit=False`` (the download phase of a rollout) verified data stays in the partial area,
-    seeded by the engine, and the store is not changed; a later call with ``commit=True`` finds it
-    complete, verifies it again and commits it.
-    """
-    if not plan.add:
-        return []
-    store.ensure()
-    need = sum(p.size for p in plan.add)
+
+def _engine_status(engine, key):
+    found = engine.status(key) if engine is not None and key else []
+    return found[0] if found else None
+
+
+def _assign_sources(plan, store):
+    """Which image to add needs a transfer: a held image or another image of this run with the same bytes
+    (sha512 and size) is its source instead (a re-endorsement, or one file listed under two identifiers)."""
+    held = {}
+    for stored in store.images():
+        key = (stored.meta.get("sha512"), stored.meta.get("size"))
+        if key not in held and os.path.isfile(stored.path) and not os.path.islink(stored.path):
+            held[key] = stored
+    leaders = {}
     for planned in plan.add:
-        partial = os.path.join(store.partial_dir(planned.identifier, planned.version))
-        if os.path.isdir(partial):
-            for name in os.listdir(partial):
-                try:
-                    need -= min(os.path.getsize(os.path.join(partial, name)), planned.size)
-                except OSError:
-                    pass
-    free = store.free_bytes()
-    if need > free:
-        raise StoreError("image store %s: too little disk: %d bytes needed, %d free; nothing was changed" % (store.store_dir, need, free))
+        key = (planned.sha512, planned.size)
+        planned.source = held.get(key)
+        planned.leader = None
+        if planned.source is None:
+            planned.leader = leaders.get(key)
+            if planned.leader is None:
+                leaders[key] = planned
+    return [planned for planned in plan.add if planned.source is None and planned.leader is None]
 
-    torrents = [(planned,) + _torrent_for(planned, torrent_module, https_ca_file, timeout) for planned in plan.add]
-    started = time.time()
-    for planned, data, meta in torrents:
-        partial = store.partial_dir(planned.identifier, planned.version)
-        _engine_owned_dir(partial, 0o750, owner)
-        planned.name = meta.name
-        planned.started = time.time()
-        planned.key = engine.add(data, partial)
 
+def _stale_partial(store, plan, directory):
+    """(identifier, version) when ``directory`` is a download directory of this store that no image to add uses."""
+    adding = set((p.identifier, p.version) for p in plan.add)
+    for identifier, version in store.partials():
+        if (identifier, version) not in adding and _same_dir(store.partial_dir(identifier, version), directory):
+            return identifier, version
+    return None
+
+
+def _start_download(plan, store, engine, planned, data, meta, owner):
+    """Hand a torrent to the engine, saving into this image's download directory; return None or why not.
+
+    An engine that already holds the torrent elsewhere is not a download: a stale download of this store (an
+    image withdrawn or re-versioned before activation) is taken over (its data moved here by us); any other
+    directory is left alone and the image fails.
+    """
+    partial = store.partial_dir(planned.identifier, planned.version)
+    _engine_owned_dir(partial, 0o750, owner)
+    key = meta.info_hash_v1
+    current = _engine_status(engine, key)
+    if current is not None and not _same_dir(current.get("save_dir"), partial):
+        stale = _stale_partial(store, plan, current.get("save_dir"))
+        if stale is None:
+            return ("image %s: the engine already holds its torrent %s in %s, not in its download directory %s; "
+                    "nothing was downloaded or deleted" % (planned.describe(), key, current.get("save_dir"), partial))
+        stale_dir = store.partial_dir(*stale)
+        engine.remove(key, delete_files=False, save_dir=stale_dir, name=meta.name)
+        source, target = os.path.join(stale_dir, meta.name), os.path.join(partial, meta.name)
+        if os.path.isfile(source) and not os.path.islink(source) and not os.path.lexists(target):
+            os.rename(source, target)      # the engine checks these pieces again when it is added
+    planned.key = engine.add(data, partial)
+    current = _engine_status(engine, planned.key)
+    if current is None or not _same_dir(current.get("save_dir"), partial):
+        planned.key = None
+        return ("image %s: the engine did not take its torrent %s into %s (it says %s); nothing was downloaded or deleted"
+                % (planned.describe(), key, partial, (current or {}).get("save_dir")))
+    return None
+
+
+def _drop_download(store, engine, planned):
+    """After a verification failure: forget the engine's torrent only when it saves into this image's download
+    directory (never asking the engine to delete anything), then delete that directory ourselves."""
+    partial = store.partial_dir(planned.identifier, planned.version)
+    current = _engine_status(engine, planned.key)
+    if current is not None and _same_dir(current.get("save_dir"), partial):
+        engine.remove(planned.key, delete_files=False, save_dir=partial, name=planned.name)
+    store.discard_partial(planned.identifier, planned.version)
+
+
+def _wait_downloads(plan, store, engine, leaders, deadline, poll, started):
     failures = []
-    pending = list(plan.add)
+    pending = list(leaders)
     while pending:
         statuses = dict((s["key"], s) for s in engine.status())
         for planned in list(pending):
@@ -329,33 +380,185 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
             break
         if pending:
             time.sleep(poll)
+    return failures
 
+
+def _take_from_engine(store, engine, planned, owner):
+    """Move a verified download into its final directory (root's, 0755) and make the file root's and read-only.
+
+    A root engine (libtorrent) moves its own file. An engine with its own user (rtorrent) could change the file
+    until it no longer can: it is removed from the engine (files closed), root renames the file (paths from the
+    checked torrent, never from the engine's answers), takes it over (no process of another user may still
+    write it) and hashes it again; the engine then seeds it from there, read-only.
+    Returns None or the reason the file is wrong.
+    """
+    partial = store.partial_dir(planned.identifier, planned.version)
+    final = store.make_final_dir(planned.identifier, planned.version)
+    target = os.path.join(final, planned.name)
+    if owner is None:
+        engine.move(planned.key, final, partial, planned.name)
+        _wait_moved(planned, final)
+        return None
+    engine.remove(planned.key, delete_files=False, save_dir=partial, name=planned.name)
+    source = os.path.join(partial, planned.name)
+    if not os.path.isfile(source) or os.path.islink(source):
+        return "image %s: downloaded file %s is not a regular file" % (planned.describe(), source)
+    if os.path.lexists(target):
+        return "image %s: %s already exists" % (planned.describe(), target)
+    os.rename(source, target)
+    secure_file(target, "image %s" % planned.describe())
+    return check_file(target, planned.sha512, planned.size, "image %s: downloaded file" % planned.describe())
+
+
+def _discard_taken(store, planned):
+    """Delete a download that failed its check after :meth:`_take_from_engine` (our own directories only)."""
+    store.discard_partial(planned.identifier, planned.version)
+    final = store.final_dir(planned.identifier, planned.version)
+    target = os.path.join(final, planned.name)
+    if os.path.lexists(target):
+        os.unlink(target)
+    if os.path.isdir(final):
+        os.rmdir(final)
+
+
+def _give_back(store, engine, planned, data):
+    """Undo :meth:`_take_from_engine` for an image that verified while another did not: back into its download
+    directory, seeded from there (read-only now), so the next run commits it."""
+    final = store.final_dir(planned.identifier, planned.version)
+    partial = store.partial_dir(planned.identifier, planned.version)
+    os.rename(os.path.join(final, planned.name), os.path.join(partial, planned.name))
+    os.rmdir(final)
+    engine.add(data, partial, seed_mode=True)
+
+
+def _meta(planned, key):
+    return {"sha512": planned.sha512, "size": planned.size, "list": planned.list_identifier, "title": planned.image.get("dc:title"),
+            "btih_v1": planned.image.get("vmic:btih_v1"), "btih_v2": planned.image.get("vmic:btih_v2"), "engine_key": key,
+            "endorser": getattr(planned, "endorser", None)}
+
+
+def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None):
+    """Download and verify every image to add; commit all only when all verified. Returns per-image results.
+
+    An image whose bytes (sha512 and size) a held image or another image of this run already has is not
+    downloaded: its file is hard-linked from there (a re-endorsement under a new version, one file under two
+    identifiers). Nothing is ever deleted but this run's own download directories.
+
+    With ``commit=False`` (the download phase of a rollout) verified data stays in the partial area,
+    seeded by the engine, and the store is not changed; a later call with ``commit=True`` finds it
+    complete, verifies it again and commits it.
+    """
+    if not plan.add:
+        return []
+    store.ensure()
+    leaders = _assign_sources(plan, store)
+    need = sum(p.size for p in leaders)
+    for planned in leaders:
+        partial = os.path.join(store.partial_dir(planned.identifier, planned.version))
+        if os.path.isdir(partial):
+            for name in os.listdir(partial):
+                try:
+                    need -= min(os.path.getsize(os.path.join(partial, name)), planned.size)
+                except OSError:
+                    pass
+    free = store.free_bytes()
+    if need > free:
+        raise StoreError("image store %s: too little disk: %d bytes needed, %d free; nothing was changed" % (store.store_dir, need, free))
+
+    torrents = dict((id(planned), _torrent_for(planned, torrent_module, https_ca_file, timeout)) for planned in plan.add)
+    for planned in plan.add:
+        planned.name = torrents[id(planned)][1].name
+        planned.started = time.time()
+    failures = []
+    by_key = {}
+    for planned in leaders:
+        other = by_key.setdefault(torrents[id(planned)][1].info_hash_v1, planned)
+        if other is not planned:
+            failures.append("images %s and %s: the same torrent %s, but the signed list gives them different sha512 or size"
+                            % (other.describe(), planned.describe(), torrents[id(planned)][1].info_hash_v1))
+    if failures:
+        raise TransferFailed(failures, plan.add)
+    started = time.time()
+    for planned in leaders:
+        data, meta = torrents[id(planned)]
+        reason = _start_download(plan, store, engine, planned, data, meta, owner)
+        if reason:
+            failures.append(reason)
     if not failures:
-        for planned in plan.add:
+        failures = _wait_downloads(plan, store, engine, leaders, deadline, poll, started)
+    if not failures:
+        for planned in leaders:
             reason = store.verify_partial(planned.identifier, planned.version, planned.name, planned.sha512, planned.size)
             if reason:
                 failures.append(reason)
-                engine.remove(planned.key, delete_files=True)
-                store.discard_partial(planned.identifier, planned.version)
+                _drop_download(store, engine, planned)
+        for planned in plan.add:
+            if planned.source is not None:
+                planned.finished = time.time()
+                reason = check_file(planned.source.path, planned.sha512, planned.size, "image %s: held image %s %s with the same bytes"
+                                    % (planned.describe(), planned.source.identifier, planned.source.version))
+                if reason:
+                    failures.append(reason)
     if failures:
         raise TransferFailed(failures, plan.add)
 
-    results = []
     if not commit:
-        for planned in plan.add:
-            results.append(_result(planned, "downloaded", store.partial_dir(planned.identifier, planned.version)))
-        return results
-    for planned in plan.add:
+        return [_result(planned, "downloaded", store.partial_dir(planned.identifier, planned.version)) if planned in leaders
+                else _result(planned, "ready (same bytes as %s)" % _source_name(planned), os.path.dirname(_source_path(store, planned, False)))
+                for planned in plan.add]
+    taken = []
+    for planned in leaders:
+        try:
+            reason = _take_from_engine(store, engine, planned, owner)
+        except StoreError as exc:
+            reason = str(exc)
+        if reason:
+            # the file changed after its first check, or a process of the engine's user can still write it
+            failures.append(reason)
+            _discard_taken(store, planned)
+            break
+        taken.append(planned)
+    if failures:
+        for planned in taken:
+            _give_back(store, engine, planned, torrents[id(planned)][0])
+        raise TransferFailed(failures, plan.add)
+
+    results = []
+    for planned in leaders:
         final = store.final_dir(planned.identifier, planned.version)
-        _engine_owned_dir(final, 0o755, owner)
-        engine.move(planned.key, final)
-        _wait_moved(planned, final)
-        store.commit(planned.identifier, planned.version, planned.name, {
-            "sha512": planned.sha512, "size": planned.size, "list": planned.list_identifier, "title": planned.image.get("dc:title"),
-            "btih_v1": planned.image.get("vmic:btih_v1"), "btih_v2": planned.image.get("vmic:btih_v2"), "engine_key": planned.key,
-        })
+        store.commit(planned.identifier, planned.version, planned.name, _meta(planned, planned.key), torrent=torrents[id(planned)][0])
+        if owner is not None:
+            engine.add(torrents[id(planned)][0], final, seed_mode=True)
+        store.discard_partial(planned.identifier, planned.version)
         results.append(_result(planned, "added", final))
+    for planned in plan.add:
+        if planned in leaders:
+            continue
+        data, meta = torrents[id(planned)]
+        source = _source_path(store, planned, True)
+        linked = store.link_from(source, planned.identifier, planned.version, planned.name)
+        if not os.path.samestat(os.stat(source), os.stat(linked)) or os.path.getsize(linked) != planned.size:
+            raise StoreError("image %s: %s is not the verified file %s" % (planned.describe(), linked, source))
+        final = os.path.dirname(linked)
+        store.commit(planned.identifier, planned.version, planned.name, _meta(planned, meta.info_hash_v1), torrent=data)
+        if engine is not None and _engine_status(engine, meta.info_hash_v1) is None:
+            engine.add(data, final, seed_mode=True)
+        results.append(_result(planned, "added (same bytes as %s, no transfer)" % _source_name(planned), final))
     return results
+
+
+def _source_path(store, planned, committed):
+    """The verified file with this image's bytes: a held image's, or that of the image of this run that brings them."""
+    if planned.source is not None:
+        return planned.source.path
+    leader = planned.leader
+    directory = store.final_dir if committed else store.partial_dir
+    return os.path.join(directory(leader.identifier, leader.version), leader.name)
+
+
+def _source_name(planned):
+    source = planned.source or planned.leader
+    return "%s %s" % (source.identifier, source.version)
 
 
 def _result(planned, action, directory):
@@ -386,20 +589,74 @@ class TransferFailed(VmicError):
         super(TransferFailed, self).__init__("; ".join(failures) + "; the image store was not changed")
 
 
-def retire(plan, store, engine, mode):
-    """Retire images no longer selected; never one that is open. Returns (retired, kept_in_use)."""
+def _stop_seeding(store, engine, image, remaining):
+    """Stop the engine seeding a retired image; an image that stays and has the same torrent is seeded instead.
+
+    Returns None or why the engine could not be told.
+    """
+    key = image.meta.get("engine_key")
+    if not key or engine is None:
+        return None
+    try:
+        current = _engine_status(engine, key)
+        if current is None or not _same_dir(current.get("save_dir"), image.directory):
+            return None            # the engine seeds this torrent from an image that stays (or not at all)
+        engine.remove(key, delete_files=False)
+        for other in remaining:
+            data = other.torrent() if other.meta.get("engine_key") == key else None
+            if data is not None and os.path.isfile(other.path):
+                engine.add(data, other.directory, seed_mode=True)
+                break
+    except VmicError as exc:
+        return str(exc)
+    return None
+
+
+def discard_stale_downloads(plan, store, engine):
+    """Delete download directories that no image to add uses (withdrawn or re-versioned before activation);
+    the engine forgets their torrents first (never deleting data itself). Returns what was discarded."""
+    adding = set((p.identifier, p.version) for p in plan.add)
+    stale = [(identifier, version) for identifier, version in store.partials() if (identifier, version) not in adding]
+    if not stale:
+        return []
+    statuses = engine.status() if engine is not None else []
+    discarded = []
+    for identifier, version in stale:
+        directory = store.partial_dir(identifier, version)
+        for status in statuses:
+            if _same_dir(status.get("save_dir"), directory):
+                engine.remove(status["key"], delete_files=False)
+        store.discard_partial(identifier, version)
+        discarded.append({"identifier": identifier, "version": version, "action": "discarded download"})
+    return discarded
+
+
+def retire(plan, store, engine, mode, grace=3.0):
+    """Retire images no longer selected; never one that is open. Returns (retired, kept_in_use).
+
+    A retired image stops being seeded first (also one kept because it is open); downloads that no image to
+    add uses are discarded (their entries in ``retired`` have the action "discarded download").
+    """
+    remaining = [image for image in store.images() if not any(image.identifier == r.identifier and image.version == r.version
+                                                              for r in plan.retire)]
+    errors = {}
+    for image in plan.retire:
+        errors[id(image)] = _stop_seeding(store, engine, image, remaining)
     busy = set(id(image) for image in store.in_use(plan.retire))
+    limit = time.time() + grace
+    while busy and time.time() < limit:
+        # an engine that just stopped seeding may close (unmap) the file a moment later
+        time.sleep(0.2)
+        busy = set(id(image) for image in store.in_use(plan.retire))
     retired, in_use = [], []
     for image in plan.retire:
         if id(image) in busy:
             in_use.append({"identifier": image.identifier, "version": image.version, "path": image.path})
             continue
-        key = image.meta.get("engine_key")
-        if key and engine is not None:
-            try:
-                engine.remove(key, delete_files=False)
-            except EngineError:
-                pass
         store.retire(image, mode)
-        retired.append({"identifier": image.identifier, "version": image.version, "action": "retired (%s)" % mode})
+        item = {"identifier": image.identifier, "version": image.version, "action": "retired (%s)" % mode}
+        if errors[id(image)]:
+            item["engine_error"] = errors[id(image)]
+        retired.append(item)
+    retired.extend(discard_stale_downloads(plan, store, engine))
     return retired, in_use

@@ -281,7 +281,7 @@ def main():
             result["diff"] = plan.diff()
         if module.check_mode:
             module.exit_json(**result)
-        engine = engine_from_spec(params["engine"]) if (plan.add or plan.retire) else None
+        engine = engine_from_spec(params["engine"])    # also without images to add or retire: stale downloads are discarded
         result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"],
                                     commit=not downloading, owner=engine_owner(params["engine"]))
         if not downloading:

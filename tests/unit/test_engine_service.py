@@ -6,6 +6,7 @@ peer class, so these tests also show that rate limits apply between them.
 """
 
 import base64
+import functools
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from http.client import HTTPConnection
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote_from_bytes
 
 import pytest
@@ -26,6 +28,9 @@ import pytest
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS, LibtorrentEngineClient
 from ansible_collections.vmic.fleet.plugins.module_utils.engine_service import main, validate_config
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
+from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import PlannedImage, SyncPlan, retire, transfer
+from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_torrent, v2_truncated
 from waiting import free_port, sha512, wait_for
 
@@ -465,3 +470,116 @@ def test_downloader_is_connected_to_at_most_max_download_peers(engines, image, t
         time.sleep(0.2)
     assert most == 2
     assert sha512(str(tmp_path / meta.name)) == image["sha512"]
+
+
+# --------------------------------------------------------------------------- image_sync's transfer and retire on this engine
+
+LIST = "3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a"
+IMAGE_A = "aa000000-0000-4000-8000-00000000000a"
+IMAGE_B = "bb000000-0000-4000-8000-00000000000b"
+
+
+@pytest.fixture(scope="module")
+def torrent_url(base, image):
+    """The image's .torrent served over HTTP on 127.0.0.1 (a list's vmic:torrent)."""
+    served = os.path.join(base, "served")
+    os.makedirs(served)
+    with open(os.path.join(served, "cirros.img.torrent"), "wb") as handle:
+        handle.write(image["meta"].data)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d/cirros.img.torrent" % server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+        pass
+
+
+def planned(image, torrent_url, identifier, version):
+    meta = image["meta"]
+    return PlannedImage({"dc:identifier": identifier, "hv:version": version, "dc:title": "Cirros", "hv:size": meta.size,
+                         "sl:checksum:sha512": image["sha512"], "hv:uri": "https://repo.example/" + meta.name,
+                         "vmic:torrent": torrent_url, "vmic:torrent_sha256": meta.sha256, "vmic:btih_v1": meta.info_hash_v1,
+                         "vmic:btih_v2": meta.info_hash_v2}, LIST, "good")
+
+
+def sync_plan(add=(), retire=()):
+    plan = SyncPlan()
+    plan.add, plan.retire = list(add), list(retire)
+    return plan
+
+
+def seeded(engines, image, ip):
+    seed = engines("seed", ip).start()
+    seed.client.add(image["meta"].data, image["dir"], seed_mode=True)
+    return seed
+
+
+def test_reendorsed_same_bytes_keeps_committed_image(engines, image, torrent_url, tmp_path):
+    """A new hv:version of unchanged bytes: the engine already holds the torrent. Before, the empty new partial
+    failed its check and the engine was told to delete the torrent's data: the committed, in-use image."""
+    meta = image["meta"]
+    seeded(engines, image, "127.0.0.20")
+    node = engines("node", "127.0.0.21").start()
+    store = ImageStore(str(tmp_path / "store"), str(tmp_path / "archive"))
+    first = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1")]), store, node.client, torrent_module, time.time() + 60, poll=0.2)
+    assert [item["action"] for item in first] == ["added"]
+    v1 = store.find(IMAGE_A, "1")
+    assert node.status(meta.info_hash_v1)["save_dir"] == os.path.dirname(v1.path)
+    assert json.load(open(os.path.join(store.store_dir, IMAGE_A, "1.json")))["endorser"] == "good"
+
+    # v2 lists the same bytes; a VM holds v1 open meanwhile
+    with open(v1.path, "rb") as vm:
+        plan = sync_plan([planned(image, torrent_url, IMAGE_A, "2")], [v1])
+        second = transfer(plan, store, node.client, torrent_module, time.time() + 60, poll=0.2)
+        assert [item["action"] for item in second] == ["added (same bytes as %s 1, no transfer)" % IMAGE_A]
+        v2 = store.find(IMAGE_A, "2")
+        assert os.path.samefile(v1.path, v2.path) and sha512(v2.path) == image["sha512"]
+        retired, in_use = retire(plan, store, node.client, "archive")
+        assert retired == [] and [item["version"] for item in in_use] == ["1"]
+        assert sha512(v1.path) == image["sha512"] and vm.read(16)
+    # the engine seeds the torrent from v2 now; v1 can go
+    status = wait_for("seeding from v2", lambda: [s for s in node.client.status(meta.info_hash_v1) if s["state"] == "seeding"])[0]
+    assert status["save_dir"] == os.path.dirname(v2.path)
+    retired, in_use = retire(sync_plan(retire=[store.find(IMAGE_A, "1")]), store, node.client, "archive")
+    assert [item["version"] for item in retired] == ["1"] and in_use == []
+    assert [s.version for s in store.images()] == ["2"] and sha512(v2.path) == image["sha512"]
+    assert sha512(str(tmp_path / "archive" / IMAGE_A / "1" / meta.name)) == image["sha512"]
+    assert node.status(meta.info_hash_v1)["save_dir"] == os.path.dirname(v2.path)
+
+    # withdrawn: the retired image is no longer seeded
+    retired, _in_use = retire(sync_plan(retire=[store.find(IMAGE_A, "2")]), store, node.client, "delete")
+    assert [item["action"] for item in retired] == ["retired (delete)"]
+    assert node.client.status(meta.info_hash_v1) == [] and store.images() == []
+
+
+def test_same_file_under_two_identifiers_one_transfer_both_committed(engines, image, torrent_url, tmp_path):
+    seeded(engines, image, "127.0.0.22")
+    node = engines("node", "127.0.0.23").start()
+    store = ImageStore(str(tmp_path / "store"))
+    results = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1"), planned(image, torrent_url, IMAGE_B, "7")]),
+                       store, node.client, torrent_module, time.time() + 60, poll=0.2)
+    assert [item["action"] for item in results] == ["added", "added (same bytes as %s 1, no transfer)" % IMAGE_A]
+    a, b = store.find(IMAGE_A, "1"), store.find(IMAGE_B, "7")
+    assert os.path.samefile(a.path, b.path) and sha512(b.path) == image["sha512"]
+    assert [s["save_dir"] for s in node.client.status()] == [os.path.dirname(a.path)]
+
+
+def test_download_withdrawn_before_activation_discarded_and_not_seeded(engines, image, torrent_url, tmp_path):
+    meta = image["meta"]
+    seeded(engines, image, "127.0.0.24")
+    node = engines("node", "127.0.0.25").start()
+    store = ImageStore(str(tmp_path / "store"))
+    results = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1")]), store, node.client, torrent_module, time.time() + 60,
+                       poll=0.2, commit=False)
+    partial = store.partial_dir(IMAGE_A, "1")
+    assert [item["action"] for item in results] == ["downloaded"] and os.path.isfile(os.path.join(partial, meta.name))
+    # the activation run no longer lists it
+    retired, _in_use = retire(sync_plan(), store, node.client, "archive")
+    assert retired == [{"identifier": IMAGE_A, "version": "1", "action": "discarded download"}]
+    assert node.client.status() == [] and not os.path.exists(partial) and store.images() == []
+    assert sha512(image["path"]) == image["sha512"]
