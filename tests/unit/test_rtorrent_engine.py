@@ -13,11 +13,15 @@ import subprocess
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
+from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import PlannedImage, SyncPlan, retire, transfer
+from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module
 from ansible_collections.vmic.fleet.plugins.module_utils.rtorrent_engine import RtorrentEngineClient, ScgiTransport
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_torrent
 from waiting import free_port, sha512, wait_for
@@ -31,14 +35,18 @@ OPENTRACKER = shutil.which("opentracker") or "/usr/bin/opentracker"
 class RtorrentProcess(object):
     """One headless rtorrent with its own session, download dir, socket and address."""
 
-    def __init__(self, base, name, ip):
+    def __init__(self, base, name, ip, user=None):
         self.dir = os.path.join(base, name)
+        self.user = user
         self.session = os.path.join(self.dir, "session")
         self.downloads = os.path.join(self.dir, "downloads")
         for path in (self.session, self.downloads):
             os.makedirs(path)
         # unix socket paths are limited to about 100 bytes: keep them out of pytest's long paths
         self.sockdir = tempfile.mkdtemp(prefix="vmic-rt-")
+        if user is not None:
+            for path in (self.dir, self.session, self.downloads, self.sockdir):
+                os.chown(path, user, user)
         self.socket = os.path.join(self.sockdir, "rpc.sock")
         self.port = free_port(ip)
         self.rc = os.path.join(self.dir, "rtorrent.rc")
@@ -63,8 +71,9 @@ class RtorrentProcess(object):
 
     def start(self):
         with open(self.log_path, "ab") as log:
+            as_user = {} if self.user is None else {"user": self.user, "group": self.user, "env": dict(os.environ, HOME=self.dir)}
             self.proc = subprocess.Popen([RTORRENT, "-n", "-o", "import=%s" % self.rc], stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=log, cwd=self.dir)
+                                         stdout=log, stderr=log, cwd=self.dir, **as_user)
         wait_for("rtorrent %s to answer" % self.dir, self._answers, timeout=20, interval=0.1)
         return self
 
@@ -140,14 +149,46 @@ def rtorrents(base, request):
     """Factory of rtorrent processes, all stopped at the end of the test."""
     started = []
 
-    def make(name, ip):
-        proc = RtorrentProcess(os.path.join(base, request.node.name), name, ip)
+    def make(name, ip, user=None, where=None):
+        proc = RtorrentProcess(where or os.path.join(base, request.node.name), name, ip, user=user)
         started.append(proc)
         return proc.start()
 
     yield make
     for proc in started:
         proc.cleanup()
+
+
+@pytest.fixture
+def open_dir():
+    """A directory that every user can reach (pytest's own are root's alone): for an rtorrent of another user."""
+    path = tempfile.mkdtemp(prefix="vmic-rt-open-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def torrent_server(image):
+    """The image's .torrent over HTTP on 127.0.0.1 (the list's vmic:torrent); yields its URL."""
+    data = image["meta"].data
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # pylint: disable=invalid-name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):  # pylint: disable=arguments-differ
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d/%s.torrent" % (server.server_address[1], image["meta"].name)
+    server.shutdown()
+    server.server_close()
 
 
 def test_hybrid_torrent_seeded_in_seed_mode_and_downloaded_moved_removed(rtorrents, image, tmp_path):
@@ -294,6 +335,66 @@ def test_engine_path_answer_redirect_refused(rtorrents, image, tmp_path):
     assert node.client.keys() == [key]
     node.client.remove(key)                               # forgetting it deletes nothing
     assert node.client.keys() == [] and (victims / meta.name).read_bytes() == b"victim"
+
+
+NOBODY = 65534
+IMAGE = "aa000000-0000-4000-8000-00000000000a"
+
+
+def _plan(image, url, version, retired=()):
+    meta = image["meta"]
+    plan = SyncPlan()
+    plan.retire = list(retired)
+    if version:
+        plan.add = [PlannedImage({"dc:identifier": IMAGE, "hv:version": version, "hv:size": meta.size, "sl:checksum:sha512": image["sha512"],
+                                  "hv:uri": "https://repo.example/" + meta.name, "vmic:torrent": url, "vmic:torrent_sha256": meta.sha256,
+                                  "vmic:btih_v1": meta.info_hash_v1, "vmic:btih_v2": meta.info_hash_v2}, "list", "good")]
+    return plan
+
+
+def _as_nobody(argv):
+    return subprocess.run(argv, user=NOBODY, group=NOBODY, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False).returncode
+
+
+def _seeding_from(node, key, directory):
+    found = node.client.status(key)
+    return found and found[0]["state"] == "seeding" and found[0]["save_dir"] == directory and found[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs rtorrent as another user")
+def test_engine_user_write_to_committed_image_refused(rtorrents, image, torrent_server, open_dir):
+    """rtorrent runs as its own user: the images it downloaded are root's and read-only once committed, and it
+    seeds them from there; a re-endorsement is seeded from the new version; a retired image is no longer seeded."""
+    meta = image["meta"]
+    seed = rtorrents("seed", "127.0.0.11")
+    seed.client.add(meta.data, image["dir"], seed_mode=True)
+    node = rtorrents("node", "127.0.0.12", user=NOBODY, where=open_dir)
+    store = ImageStore(os.path.join(open_dir, "store"), os.path.join(open_dir, "archive"))
+    results = transfer(_plan(image, torrent_server, "1"), store, node.client, torrent_module, time.time() + 60, poll=0.2, owner=(NOBODY, NOBODY))
+    assert [item["action"] for item in results] == ["added"] and results[0]["bytes_from_peers"] >= meta.size
+    v1 = store.find(IMAGE, "1")
+    for path, mode in ((v1.path, 0o444), (os.path.dirname(v1.path), 0o755), (os.path.dirname(os.path.dirname(v1.path)), 0o755)):
+        info = os.stat(path)
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o7777) == (0, 0, mode), path
+    assert _as_nobody(["truncate", "-s", "0", v1.path]) != 0
+    assert _as_nobody(["touch", os.path.join(os.path.dirname(v1.path), "planted")]) != 0
+    assert sha512(v1.path) == image["sha512"] and os.listdir(os.path.join(store.store_dir, ".partial")) == ["progress.json"]
+    wait_for("rtorrent seeding the committed image", lambda: _seeding_from(node, meta.info_hash_v1, os.path.dirname(v1.path)), timeout=20)
+
+    # a new version of the same bytes: no transfer; rtorrent seeds it from there once v1 is retired
+    plan = _plan(image, torrent_server, "2", retired=[v1])
+    results = transfer(plan, store, node.client, torrent_module, time.time() + 60, poll=0.2, owner=(NOBODY, NOBODY))
+    assert [item["action"] for item in results] == ["added (same bytes as %s 1, no transfer)" % IMAGE]
+    retired, in_use = retire(plan, store, node.client, "archive")
+    assert [item["version"] for item in retired] == ["1"] and in_use == []
+    v2 = store.find(IMAGE, "2")
+    wait_for("rtorrent seeding v2", lambda: _seeding_from(node, meta.info_hash_v1, os.path.dirname(v2.path)), timeout=20)
+    assert sha512(v2.path) == image["sha512"]
+
+    # withdrawn: retired and no longer seeded
+    retired, _in_use = retire(_plan(image, torrent_server, None, retired=[v2]), store, node.client, "delete")
+    assert [item["action"] for item in retired] == ["retired (delete)"]
+    assert node.client.keys() == [] and store.images() == []
 
 
 def test_response_size_limit(rtorrents):
