@@ -186,7 +186,10 @@ def check_file(path, sha512, size, what):
         return "%s: %s is not a regular file" % (what, path)
     if stat.st_size != size:
         return "%s: %s has %d bytes, the signed list says %d" % (what, path, stat.st_size, size)
-    digest, _size = file_digest(path)
+    try:
+        digest, _size = file_digest(path)
+    except OSError as exc:
+        return "%s: %s cannot be read: %s" % (what, path, exc.strerror or exc)
     if not hmac.compare_digest(digest, sha512):
         return "%s: sha512 of %s does not match the signed list" % (what, path)
     return None

@@ -15,6 +15,8 @@ description:
     progress of the last or current M(vmic.fleet.image_sync) run, and the engine's torrents (state,
     progress, peers, bytes from peers, web seed and seeds, upload).
   - An engine that cannot be reached is reported in C(engine_error), not as a failure.
+  - With O(verify=true) it reads every stored image again and checks its size and sha512 against the
+    metadata written when it was verified and committed; a mismatch fails the task and is listed in C(corrupt).
 author:
   - vmic.fleet contributors (@vmic)
 options:
@@ -26,6 +28,12 @@ options:
     description: The engine to ask - C(kind) and C(socket), as for M(vmic.fleet.image_sync). V(null) skips it.
     type: dict
     default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
+  verify:
+    description:
+      - Hash every stored image again (size and sha512 against its metadata). Reads every byte of the store.
+      - Any mismatch (a changed, truncated or missing file) fails the task; C(corrupt) names each one.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -43,6 +51,10 @@ EXAMPLES = r"""
 - name: Show it
   ansible.builtin.debug:
     msg: "{{ held.images | map(attribute='identifier') | list }}"
+
+- name: Check every stored image byte for byte
+  vmic.fleet.image_info:
+    verify: true
 """
 
 RETURN = r"""
@@ -64,6 +76,11 @@ engine_error:
   description: Why the engine could not be asked, if it could not.
   returned: always
   type: str
+corrupt:
+  description: With O(verify=true), the stored images whose file no longer matches their metadata - identifier, version, path, reason.
+  returned: always
+  type: list
+  elements: dict
 """
 
 import json
@@ -82,13 +99,17 @@ def main():
         argument_spec=dict(
             store_dir=dict(type="path", default="/var/lib/vmic/images"),
             engine=dict(type="dict", default={"kind": "libtorrent", "socket": "/run/vmic-engine/engine.sock"}),
+            verify=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    result = dict(changed=False, images=[], progress={}, torrents=[], engine_error=None)
+    result = dict(changed=False, images=[], progress={}, torrents=[], engine_error=None, corrupt=[])
     try:
-        result["images"] = [image.to_dict() for image in ImageStore(params["store_dir"]).images()]
+        store = ImageStore(params["store_dir"])
+        result["images"] = [image.to_dict() for image in store.images()]
+        if params["verify"]:
+            result["corrupt"] = store.verify_all()
         progress_path = os.path.join(params["store_dir"], PARTIAL, PROGRESS_FILE)
         if os.path.exists(progress_path):
             result["progress"] = json.loads(read_limited(progress_path, 4 * 1024 * 1024).decode("utf-8"))
@@ -99,6 +120,9 @@ def main():
             result["torrents"] = engine_from_spec(params["engine"]).status()
         except VmicError as exc:
             result["engine_error"] = str(exc)
+    if result["corrupt"]:
+        module.fail_json(msg="image store %s: %d stored image(s) no longer match their metadata: %s"
+                         % (params["store_dir"], len(result["corrupt"]), "; ".join(item["reason"] for item in result["corrupt"])), **result)
     module.exit_json(**result)
 
 

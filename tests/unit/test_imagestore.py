@@ -1,6 +1,7 @@
 """The image store: only verified files become visible, retirement never touches an open image."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import pytest
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COLLECTIONS = os.path.join(ROOT, ".tmp", "collections")
 UUID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
@@ -159,3 +162,27 @@ def test_engine_user_writable_handle_on_image_commit_refused(tmp_path):
         assert os.stat(path).st_uid == 0 and os.stat(path).st_gid == 0
     assert os.stat(image.path).st_mode & 0o777 == 0o444
     assert os.stat(os.path.dirname(image.path)).st_mode & 0o777 == 0o755
+
+
+def test_image_info_verify_reports_corrupt_image(tmp_path):
+    """image_info verify=true re-hashes the store: a changed image fails the task and is named in ``corrupt``."""
+    store = ImageStore(str(tmp_path / "store"))
+    store.ensure()
+    image = commit(store)
+
+    def run():
+        args = tmp_path / "args.json"
+        args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"store_dir": store.store_dir, "verify": True,
+                                                             "engine": {"kind": "libtorrent", "socket": str(tmp_path / "none.sock")}}}))
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "plugins", "modules", "image_info.py"), str(args)],
+                              stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=COLLECTIONS), check=False)
+        return json.loads(proc.stdout.decode())
+
+    result = run()
+    assert not result.get("failed") and result["corrupt"] == [] and len(result["images"]) == 1
+    os.chmod(image.path, 0o644)
+    with open(image.path, "r+b") as handle:
+        handle.write(b"!")
+    result = run()
+    assert result["failed"] and [item["path"] for item in result["corrupt"]] == [image.path]
+    assert "no longer match" in result["msg"] and "sha512" in result["msg"]
