@@ -21,11 +21,18 @@ A catalogue source is plain data (YAML in a file, or a dict):
 
 ``hv:version`` of the list is bumped only when the content changes, so a second run with the same
 source changes nothing; the list is re-signed (and bumped) when it is about to expire.
+
+The signer keeps its own record of the last version it published of each list and the sha256 of
+that payload (:class:`PublisherState`, a small JSON file). A missing or unreadable published list
+therefore never restarts the list at version 1, which every hypervisor would refuse as a rollback:
+signing continues above the recorded version, and publishing a version lower than the recorded
+one is refused.
 """
 
 from __future__ import annotations
 
 import email
+import hashlib
 import json
 import os
 import posixpath
@@ -35,7 +42,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_l
 from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import (
-    MAX_LIST_BYTES, build_image_list, parse_image_list)
+    MAX_LIST_BYTES, build_image_list, format_date, parse_image_list)
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import file_digest
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import check_signing_certificate, sign_detached
 
@@ -46,6 +53,8 @@ except ImportError:  # pragma: no cover - Python 2 is not supported
 
 MAX_CATALOGUE_BYTES = 4 * 1024 * 1024
 MAX_CERT_BYTES = 256 * 1024
+MAX_SIGNER_STATE_BYTES = 4 * 1024 * 1024
+SIGNER_STATE_SUFFIX = ".signer-state.json"
 # Fields the signer computes; a catalogue may not set them for the list.
 COMPUTED_LIST_FIELDS = ("hv:version", "dc:date:created", "dc:date:expires", "hv:endorser", "hv:images")
 
@@ -197,6 +206,73 @@ class TorrentPublisher(object):
         return image
 
 
+def payload_sha256(image_list):
+    """sha256 (hex) of the signed payload of a list."""
+    return hashlib.sha256(image_list.to_json_bytes()).hexdigest()
+
+
+def default_state_file(dest):
+    """The signer state beside a signed list: ``<dir>/.<name>.signer-state.json``."""
+    directory, name = os.path.split(os.path.abspath(dest))
+    return os.path.join(directory, "." + name + SIGNER_STATE_SUFFIX)
+
+
+class PublisherState(object):
+    """The last version this signer published of each list (by list UUID) and the sha256 of its payload.
+
+    The file is JSON ``{"lists": {uuid: {"version": "7", "payload_sha256": ..., "published": date}}}``,
+    written atomically. A missing file is an empty record; an unreadable one is refused (signing
+    without it could go back to a version hypervisors already hold).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.lists = {}
+        self.load()
+
+    def load(self):
+        """(Re-)read the file; VmicError naming it when it exists but cannot be used."""
+        self.lists = {}
+        if not os.path.exists(self.path):
+            return
+        try:
+            document = json.loads(read_limited(self.path, MAX_SIGNER_STATE_BYTES, "signer state %s" % self.path).decode("utf-8"))
+            lists = document["lists"]
+            for identifier, record in lists.items():
+                if not str(record["version"]).isdigit() or not isinstance(record["payload_sha256"], str):
+                    raise ValueError("list %s: malformed record" % identifier)
+        except (OSError, ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise VmicError("signer state %s cannot be read (%s); refusing to sign, since without it a list could go back to a "
+                            "version hypervisors already hold: restore it, or remove it after checking the published versions"
+                            % (self.path, exc))
+        self.lists = dict((identifier.lower(), record) for identifier, record in lists.items())
+
+    def last_version(self, identifier):
+        """The last published version (int) of list ``identifier`` and its payload sha256, or (None, None)."""
+        record = self.lists.get(identifier.lower())
+        if record is None:
+            return None, None
+        return int(record["version"]), record["payload_sha256"]
+
+    def check(self, image_list, where):
+        """Refuse to publish ``image_list`` at a version lower than the recorded one (or the same with other bytes)."""
+        last, digest = self.last_version(image_list.identifier)
+        if last is None:
+            return
+        version = int(image_list.version) if image_list.version.isdigit() else None
+        if version is None or version < last or (version == last and payload_sha256(image_list) != digest):
+            raise ImageListError("image list %s (%s): refusing to publish hv:version %s, lower than version %d last published "
+                                 "(signer state %s); hypervisors would refuse it as a rollback"
+                                 % (image_list.identifier, where, image_list.version, last, self.path))
+
+    def record(self, image_list, now=None):
+        """Record ``image_list`` as published (atomic write)."""
+        self.lists[image_list.identifier] = {"version": image_list.version, "payload_sha256": payload_sha256(image_list),
+                                             "published": format_date(int(time.time() if now is None else now))}
+        data = (json.dumps({"lists": self.lists}, sort_keys=True, indent=2) + "\n").encode("utf-8")
+        write_atomic(self.path, data, 0o640)
+
+
 class SignPlan(object):
     """What signing would do: the new envelope (if any) and why."""
 
@@ -229,11 +305,15 @@ def _certificate_names(cert_pem, where):
 
 
 def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_passphrase=None, chain_paths=(),
-                     digest="sha256", lifetime_days=28, renew_before_days=7, now=None, hasher=hash_file, image_hook=None):
+                     digest="sha256", lifetime_days=28, renew_before_days=7, now=None, hasher=hash_file, image_hook=None,
+                     state=None):
     """Compute the signed list for a catalogue; sign only when the content changed or renewal is due.
 
     ``existing`` is the envelope currently at the destination (bytes) or None.
     ``image_hook(image, file_path)`` may add fields (the torrent fields) to each normalised image.
+    ``state`` (a :class:`PublisherState`) keeps the version from going back: the new version is above
+    both the existing list's and the last published one, and an existing list that is not the one last
+    published (older, or other bytes under the same version) is signed again above it.
     """
     now = int(time.time() if now is None else now)
     if not isinstance(catalogue, dict):
@@ -263,6 +343,9 @@ def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_p
 
     plan = SignPlan()
     version = 1
+    last, last_digest = (None, None)
+    if state is not None and isinstance(metadata.get("dc:identifier"), str):
+        last, last_digest = state.last_version(metadata["dc:identifier"])
     if existing is not None:
         previous = None
         try:
@@ -279,16 +362,28 @@ def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_p
             candidate = build_image_list(metadata, endorser, images, previous.version, previous.created_epoch, previous.expires_epoch)
             same = candidate.to_json_bytes() == previous.to_json_bytes()
             renew_due = previous.expires_epoch - now < renew_before_days * 86400
-            if same and not renew_due:
+            behind = last is not None and (int(previous.version) < last
+                                          or (int(previous.version) == last and payload_sha256(previous) != last_digest))
+            if same and not renew_due and not behind:
                 plan.image_list = previous
                 plan.reason = "unchanged (version %s, expires %s)" % (previous.version, previous.expires)
                 return plan
-            plan.reason = "renewal due: expires %s" % previous.expires if same else "content changed"
+            if behind:
+                plan.reason = ("the list at the destination (version %s) is not the one last published (version %d, signer state %s)"
+                               % (previous.version, last, state.path))
+            else:
+                plan.reason = "renewal due: expires %s" % previous.expires if same else "content changed"
         else:
             plan.reason = "existing file is not a list this signer can read; replaced"
     else:
         plan.reason = "new list"
+    if last is not None and version <= last:
+        version = last + 1
+        if plan.previous is None:
+            plan.reason += "; continuing above version %d last published (signer state %s)" % (last, state.path)
     plan.image_list = build_image_list(metadata, endorser, images, version, now, now + lifetime_days * 86400)
+    if state is not None:
+        state.check(plan.image_list, where)
     plan.envelope = sign_detached(plan.image_list.to_json_bytes(), cert_pem, key_pem, digest=digest, chain_pems=chain_pems)
     plan.changed = True
     return plan
@@ -307,3 +402,24 @@ def existing_envelope(path):
     if not os.path.exists(path):
         return None
     return read_limited(path, MAX_LIST_BYTES * 2, "signed list %s" % path)
+
+
+def publish_signed_list(dest, plan, state=None, mode=0o644, now=None):
+    """Write a changed plan's envelope to ``dest`` atomically, recording its version in ``state`` first.
+
+    The state is read again and checked just before the write, so a stale plan (another run published
+    a higher version meanwhile) is refused. The record is written before the list, so that it is never
+    behind what was published.
+    """
+    if not plan.changed:
+        if state is not None and plan.image_list is not None and plan.image_list.version.isdigit():
+            # Adopt a list published before the state existed (or by an older signer).
+            last, _digest = state.last_version(plan.image_list.identifier)
+            if last is None or int(plan.image_list.version) > last:
+                state.record(plan.image_list, now)
+        return
+    if state is not None:
+        state.load()
+        state.check(plan.image_list, dest)
+        state.record(plan.image_list, now)
+    write_atomic(dest, plan.envelope, mode)

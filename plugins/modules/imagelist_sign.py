@@ -22,6 +22,13 @@ description:
     changes nothing. C(dc:date:created) and C(dc:date:expires) are set from O(lifetime_days); the list is
     re-signed (and bumped) when less than O(renew_before_days) remain.
   - The signed list is written atomically; a failed run leaves the previous list in place.
+  - The signer records the last C(hv:version) it published of each list (by list UUID) and the sha256 of
+    that payload in O(state_file). When the list at O(dest) is missing or unreadable, signing continues
+    above the recorded version instead of starting again at 1 (which every hypervisor would refuse as
+    a rollback); a list at O(dest) that is older than the recorded one is signed again above it; and
+    publishing a version lower than the recorded one (for example from a concurrent run) is refused.
+    An unreadable O(state_file) is refused rather than ignored. The record is written (atomically)
+    before the list.
 author:
   - vmic.fleet contributors (@vmic)
 requirements:
@@ -93,6 +100,13 @@ options:
       - File where the sha512 of each image file is cached by path, size and mtime, so that unchanged
         images are not hashed again on every run.
     type: path
+  state_file:
+    description:
+      - File where the signer records the last published version and payload digest of each list.
+      - Keep it with the signer's other state (and its backups); losing both it and O(dest) is the only way
+        the version can restart at 1.
+      - Defaults to C(.<name of dest>.signer-state.json) in the directory of O(dest).
+    type: path
   mode:
     description: File mode of O(dest).
     type: raw
@@ -158,6 +172,10 @@ expires:
   description: C(dc:date:expires) of the list.
   returned: success
   type: str
+state_file:
+  description: The signer state file used.
+  returned: success
+  type: str
 torrents_written:
   description: Paths of the C(.torrent) files written (or that would be written, in check mode).
   returned: success
@@ -174,10 +192,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
-    HashCache, TorrentPublisher, existing_envelope, image_summary, load_catalogue, plan_signed_list)
+    HashCache, PublisherState, TorrentPublisher, default_state_file, existing_envelope, image_summary, load_catalogue, plan_signed_list,
+    publish_signed_list)
 
 
 def main():
@@ -198,6 +216,7 @@ def main():
             trackers=dict(type="list", elements="str", default=[], no_log=False),
             piece_size=dict(type="int", default=4 * 1024 * 1024),
             hash_cache=dict(type="path"),
+            state_file=dict(type="path"),
             mode=dict(type="raw", default="0644"),
         ),
         mutually_exclusive=[("catalogue", "catalogue_data")],
@@ -217,6 +236,8 @@ def main():
             catalogue, where = load_catalogue(params["catalogue"]), params["catalogue"]
         else:
             catalogue, where = params["catalogue_data"], "(catalogue_data)"
+        state_file = params["state_file"] or default_state_file(params["dest"])
+        state = PublisherState(state_file)
         existing = existing_envelope(params["dest"])
         cache = HashCache(params["hash_cache"])
         publisher = None
@@ -226,11 +247,10 @@ def main():
         plan = plan_signed_list(catalogue, where, params["cert"], params["key"], existing=existing,
                                 key_passphrase=params["key_passphrase"], chain_paths=params["chain"], digest=params["digest"],
                                 lifetime_days=params["lifetime_days"], renew_before_days=params["renew_before_days"],
-                                hasher=cache.hash, image_hook=publisher)
+                                hasher=cache.hash, image_hook=publisher, state=state)
         if not module.check_mode:
             cache.save()
-            if plan.changed:
-                write_atomic(params["dest"], plan.envelope, mode)
+            publish_signed_list(params["dest"], plan, state, mode)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
@@ -240,6 +260,7 @@ def main():
     torrents = publisher.written if publisher is not None else []
     result = dict(
         changed=plan.changed or bool(torrents),
+        state_file=state_file,
         torrents_written=torrents,
         version=image_list.version,
         previous_version=plan.previous_version,

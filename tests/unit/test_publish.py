@@ -5,9 +5,10 @@ import os
 import pytest
 
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import parse_image_list
-from ansible_collections.vmic.fleet.plugins.module_utils.publish import HashCache, TorrentPublisher, plan_signed_list, signed_content
+from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
+    HashCache, PublisherState, TorrentPublisher, default_state_file, existing_envelope, plan_signed_list, publish_signed_list, signed_content)
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached
 from ansible_collections.vmic.fleet.plugins.module_utils.truststore import TrustStore
 
@@ -118,3 +119,80 @@ def test_hash_cache_avoids_rehash(tmp_path, image_file):
 def test_signed_content_reads_our_envelope(pki, tmp_path, image_file):
     first, _publisher = plan(pki, catalogue(image_file), tmp_path)
     assert parse_image_list(signed_content(first.envelope), "x").identifier == LIST_ID
+
+
+
+def publish(pki, cat, tmp_path, dest, state, **kwargs):
+    """One signer run as the module does it: read the destination, plan, write state and list."""
+    result, _publisher = plan(pki, cat, tmp_path, existing=existing_envelope(str(dest)), state=state, **kwargs)
+    publish_signed_list(str(dest), result, state)
+    return result
+
+
+def published_version(dest):
+    return parse_image_list(signed_content(dest.read_bytes()), "published").version
+
+
+@pytest.mark.parametrize("damage", ["missing", "unreadable"])
+def test_publisher_version_reset_refused(pki, tmp_path, image_file, damage):
+    dest = tmp_path / "p.list"
+    state = PublisherState(default_state_file(str(dest)))
+    assert publish(pki, catalogue(image_file), tmp_path, dest, state).image_list.version == "1"
+    image_file.write_bytes(os.urandom(110000))
+    os.utime(str(image_file), (1, 2e9))
+    assert publish(pki, catalogue(image_file), tmp_path, dest, state).image_list.version == "2"
+    if damage == "missing":
+        dest.unlink()
+    else:
+        dest.write_bytes(b"not an envelope")
+    third = publish(pki, catalogue(image_file), tmp_path, dest, PublisherState(state.path))
+    assert third.changed and third.image_list.version == "3", third.reason
+    assert "continuing above version 2" in third.reason
+    assert published_version(dest) == "3"
+    assert PublisherState(state.path).last_version(LIST_ID)[0] == 3
+
+
+def test_stale_lower_version_publish_refused(pki, tmp_path, image_file):
+    dest = tmp_path / "p.list"
+    stale_run = PublisherState(default_state_file(str(dest)))
+    stale, _publisher = plan(pki, catalogue(image_file), tmp_path, existing=None, state=stale_run)
+    other_run = PublisherState(stale_run.path)
+    publish(pki, catalogue(image_file), tmp_path, dest, other_run)
+    image_file.write_bytes(os.urandom(110000))
+    os.utime(str(image_file), (1, 2e9))
+    publish(pki, catalogue(image_file), tmp_path, dest, other_run)
+    with pytest.raises(ImageListError) as caught:
+        publish_signed_list(str(dest), stale, stale_run)
+    message = str(caught.value)
+    assert LIST_ID in message and "hv:version 1" in message and "version 2 last published" in message, message
+    assert published_version(dest) == "2"
+
+
+def test_older_list_restored_at_destination_resigned_above(pki, tmp_path, image_file):
+    dest = tmp_path / "p.list"
+    state = PublisherState(default_state_file(str(dest)))
+    publish(pki, catalogue(image_file), tmp_path, dest, state)
+    old_envelope = dest.read_bytes()
+    image_file.write_bytes(os.urandom(110000))
+    os.utime(str(image_file), (1, 2e9))
+    publish(pki, catalogue(image_file), tmp_path, dest, state)
+    dest.write_bytes(old_envelope)  # a backup of version 1 put back
+    again = publish(pki, catalogue(image_file), tmp_path, dest, state)
+    assert again.changed and again.image_list.version == "3" and "not the one last published" in again.reason
+    assert not publish(pki, catalogue(image_file), tmp_path, dest, state).changed
+
+
+def test_unreadable_signer_state_refused(pki, tmp_path, image_file):
+    path = tmp_path / ".p.list.signer-state.json"
+    path.write_bytes(b"{truncated")
+    with pytest.raises(VmicError, match="signer state .*p.list.signer-state.json cannot be read"):
+        PublisherState(str(path))
+
+
+def test_signer_state_adopts_list_published_before_it(pki, tmp_path, image_file):
+    dest = tmp_path / "p.list"
+    first, _publisher = plan(pki, catalogue(image_file), tmp_path)
+    dest.write_bytes(first.envelope)
+    state = PublisherState(default_state_file(str(dest)))
+    assert not publish(pki, catalogue(image_file), tmp_path, dest, state).changed
+    assert PublisherState(state.path).last_version(LIST_ID)[0] == 1
