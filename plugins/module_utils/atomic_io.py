@@ -9,10 +9,18 @@ directory, is fsynced, then renamed over the target, and the directory is fsynce
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import LimitError
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import LimitError, VmicError
+
+
+class AtomicWriteError(OSError):
+    """An atomic write failed; the message names the destination (never the temporary file)."""
+
+    def __str__(self):
+        return self.strerror
 
 
 def fsync_dir(path):
@@ -24,10 +32,22 @@ def fsync_dir(path):
         os.close(fd)
 
 
+def require_directory(path):
+    """The directory ``path`` would be written in; AtomicWriteError naming ``path`` when it does not exist."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(directory):
+        raise AtomicWriteError(errno.ENOENT, "cannot write %s: directory %s does not exist" % (path, directory))
+    return directory
+
+
 def write_atomic(path, data, mode=0o644):
     """Write ``data`` (bytes) to ``path`` atomically with permissions ``mode``."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    except OSError as exc:
+        require_directory(path)
+        raise AtomicWriteError(exc.errno, "cannot write %s: cannot create a file in %s: %s" % (path, directory, exc.strerror or exc))
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -35,11 +55,13 @@ def write_atomic(path, data, mode=0o644):
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise AtomicWriteError(exc.errno, "cannot write %s: %s" % (path, exc.strerror or exc))
         raise
     fsync_dir(directory)
 
@@ -51,3 +73,12 @@ def read_limited(path, max_bytes, what=None):
     if len(data) > max_bytes:
         raise LimitError("%s: larger than the limit of %d bytes" % (what or path, max_bytes))
     return data
+
+
+def read_input(path, max_bytes, what):
+    """read_limited for an input the caller names (``what``, e.g. "certificate /x.pem"): a missing or
+    unreadable file is a VmicError naming it, not an OSError."""
+    try:
+        return read_limited(path, max_bytes, what)
+    except OSError as exc:
+        raise VmicError("%s: %s" % (what, exc.strerror or exc))

@@ -38,7 +38,7 @@ import os
 import posixpath
 import time
 
-from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited, write_atomic
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_input, read_limited, require_directory, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import (
@@ -73,7 +73,7 @@ def load_catalogue(path):
         import yaml  # pylint: disable=import-outside-toplevel
     except ImportError:
         raise VmicError("catalogue %s: PyYAML is needed to read catalogue files" % path)
-    data = read_limited(path, MAX_CATALOGUE_BYTES, "catalogue %s" % path)
+    data = read_input(path, MAX_CATALOGUE_BYTES, "catalogue %s" % path)
     try:
         return yaml.safe_load(data)
     except yaml.YAMLError as exc:
@@ -327,9 +327,10 @@ def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_p
         raise ImageListError("catalogue %s: list fields %s are computed by the signer" % (where, ", ".join(bad)))
     images = _normalise_images(catalogue.get("images"), where, hasher, image_hook)
 
-    cert_pem = read_limited(cert_path, MAX_CERT_BYTES, "certificate %s" % cert_path)
-    key_pem = _load_private_key_pem(read_limited(key_path, MAX_CERT_BYTES, "private key %s" % key_path), key_passphrase, key_path)
-    chain_pems = [read_limited(path, MAX_CERT_BYTES, "chain certificate %s" % path) for path in chain_paths]
+    # Inputs are named in errors: a missing certificate is reported against the certificate, not the list.
+    cert_pem = read_input(cert_path, MAX_CERT_BYTES, "certificate %s" % cert_path)
+    key_pem = _load_private_key_pem(read_input(key_path, MAX_CERT_BYTES, "private key %s" % key_path), key_passphrase, key_path)
+    chain_pems = [read_input(path, MAX_CERT_BYTES, "chain certificate %s" % path) for path in chain_paths]
     problems = check_signing_certificate(cert_pem, key_pem)
     if problems:
         raise SignatureError("certificate %s cannot sign image lists: %s" % (cert_path, "; ".join(problems)))
@@ -401,7 +402,7 @@ def existing_envelope(path):
     """The envelope at ``path`` or None."""
     if not os.path.exists(path):
         return None
-    return read_limited(path, MAX_LIST_BYTES * 2, "signed list %s" % path)
+    return read_input(path, MAX_LIST_BYTES * 2, "signed list %s" % path)
 
 
 def publish_signed_list(dest, plan, state=None, mode=0o644, now=None):
@@ -418,6 +419,7 @@ def publish_signed_list(dest, plan, state=None, mode=0o644, now=None):
             if last is None or int(plan.image_list.version) > last:
                 state.record(plan.image_list, now)
         return
+    require_directory(dest)  # before the state is written, so the error names the list
     if state is not None:
         state.load()
         state.check(plan.image_list, dest)

@@ -72,14 +72,11 @@ seeding:
   elements: str
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import engine_from_spec
-from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES, parse_torrent
+from ansible_collections.vmic.fleet.plugins.module_utils.seedplan import seed_changes, torrents_to_seed
 
 
 def main():
@@ -94,22 +91,10 @@ def main():
     )
     params = module.params
     try:
-        wanted = {}
-        for path in params["torrents"]:
-            data = read_limited(path, MAX_TORRENT_BYTES, "torrent %s" % path)
-            meta = parse_torrent(data, what="torrent %s" % path)
-            image = os.path.join(params["data_dir"], meta.name)
-            try:
-                size = os.path.getsize(image)
-            except OSError as exc:
-                module.fail_json(msg="torrent %s: image file %s: %s" % (path, image, exc.strerror))
-            if size != meta.size:
-                module.fail_json(msg="torrent %s: image file %s has %d bytes, the torrent says %d" % (path, image, size, meta.size))
-            wanted[meta.info_hash_v1] = data
+        wanted = torrents_to_seed(params["torrents"], params["data_dir"])
         engine = engine_from_spec(params["engine"])
         current = set(status["key"] for status in engine.status())
-        added = sorted(set(wanted) - current)
-        removed = sorted(current - set(wanted)) if params["exclusive"] else []
+        added, removed, seeding = seed_changes(wanted, current, params["exclusive"])
         if not module.check_mode:
             for key in added:
                 engine.add(wanted[key], params["data_dir"], seed_mode=True)
@@ -117,7 +102,6 @@ def main():
                 engine.remove(key, delete_files=False)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
-    seeding = sorted((current | set(added)) - set(removed))
     result = dict(changed=bool(added or removed), added=added, removed=removed, seeding=seeding)
     if module._diff:
         result["diff"] = {"before": "".join("%s\n" % key for key in sorted(current)), "after": "".join("%s\n" % key for key in seeding)}

@@ -192,6 +192,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import AtomicWriteError
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
     HashCache, PublisherState, TorrentPublisher, default_state_file, existing_envelope, image_summary, load_catalogue, plan_signed_list,
@@ -252,6 +253,8 @@ def main():
             cache.save()
             publish_signed_list(params["dest"], plan, state, mode)
     except VmicError as exc:
+        module.fail_json(msg=str(exc))
+    except AtomicWriteError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg="signed list %s: %s" % (params["dest"], exc))

@@ -5,10 +5,13 @@ import os
 import pytest
 
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import parse_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
-    HashCache, PublisherState, TorrentPublisher, default_state_file, existing_envelope, plan_signed_list, publish_signed_list, signed_content)
+    HashCache, PublisherState, TorrentPublisher, default_state_file, existing_envelope, load_catalogue, plan_signed_list, publish_signed_list,
+    signed_content)
+from ansible_collections.vmic.fleet.plugins.module_utils.seedplan import seed_changes, torrents_to_seed
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached
 from ansible_collections.vmic.fleet.plugins.module_utils.truststore import TrustStore
 
@@ -196,3 +199,44 @@ def test_signer_state_adopts_list_published_before_it(pki, tmp_path, image_file)
     state = PublisherState(default_state_file(str(dest)))
     assert not publish(pki, catalogue(image_file), tmp_path, dest, state).changed
     assert PublisherState(state.path).last_version(LIST_ID)[0] == 1
+
+
+
+def test_missing_signer_certificate_reported_against_certificate(pki, tmp_path, image_file):
+    missing = str(tmp_path / "no-such-cert.pem")
+    with pytest.raises(VmicError) as caught:
+        plan_signed_list(catalogue(image_file), "p.list", missing, pki.good.key_path)
+    assert str(caught.value) == "certificate %s: No such file or directory" % missing
+    with pytest.raises(VmicError, match="^private key .*no-such-key.pem: No such file"):
+        plan_signed_list(catalogue(image_file), "p.list", pki.good.cert_path, str(tmp_path / "no-such-key.pem"))
+    with pytest.raises(VmicError, match="^catalogue .*no-such.yml: No such file"):
+        load_catalogue(str(tmp_path / "no-such.yml"))
+
+
+def test_missing_destination_directory_reported_by_name(pki, tmp_path, image_file):
+    dest = tmp_path / "not-made" / "p.list"
+    with pytest.raises(OSError) as caught:
+        write_atomic(str(dest), b"x")
+    message = str(caught.value)
+    assert message == "cannot write %s: directory %s does not exist" % (dest, dest.parent), message
+    result, _publisher = plan(pki, catalogue(image_file), tmp_path)
+    with pytest.raises(OSError, match="^cannot write .*not-made/p.list: directory .* does not exist$"):
+        publish_signed_list(str(dest), result, PublisherState(default_state_file(str(dest))))
+    assert not dest.parent.exists()
+
+
+def test_missing_torrent_path_refused_with_its_name(pki, tmp_path, image_file):
+    plan(pki, catalogue(image_file), tmp_path)
+    data_dir = tmp_path / "images"
+    data_dir.mkdir()
+    present = str(tmp_path / "torrents" / "disk.img.torrent")
+    missing = str(tmp_path / "torrents" / "gone.img.torrent")
+    with pytest.raises(VmicError) as caught:
+        torrents_to_seed([present, missing], str(data_dir))
+    assert str(caught.value).startswith("torrent %s: image file %s" % (present, data_dir / "disk.img"))
+    os.link(str(image_file), str(data_dir / "disk.img"))
+    with pytest.raises(VmicError) as caught:
+        torrents_to_seed([present, missing], str(data_dir))
+    assert str(caught.value) == "torrent %s: No such file or directory" % missing
+    wanted = torrents_to_seed([present], str(data_dir))
+    assert seed_changes(wanted, ["f" * 40], exclusive=True) == (sorted(wanted), ["f" * 40], sorted(wanted))
