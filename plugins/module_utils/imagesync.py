@@ -406,6 +406,7 @@ def _take_from_engine(store, engine, planned, owner):
     if os.path.lexists(target):
         return "image %s: %s already exists" % (planned.describe(), target)
     os.rename(source, target)
+    planned.taken = True
     secure_file(target, "image %s" % planned.describe())
     return check_file(target, planned.sha512, planned.size, "image %s: downloaded file" % planned.describe())
 
@@ -415,9 +416,9 @@ def _discard_taken(store, planned):
     store.discard_partial(planned.identifier, planned.version)
     final = store.final_dir(planned.identifier, planned.version)
     target = os.path.join(final, planned.name)
-    if os.path.lexists(target):
+    if getattr(planned, "taken", False) and os.path.lexists(target):
         os.unlink(target)
-    if os.path.isdir(final):
+    if os.path.isdir(final) and not os.listdir(final):
         os.rmdir(final)
 
 
@@ -499,6 +500,10 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
                                     % (planned.describe(), planned.source.identifier, planned.source.version))
                 if reason:
                     failures.append(reason)
+    for planned in plan.add if commit else ():
+        target = os.path.join(store.final_dir(planned.identifier, planned.version), planned.name)
+        if os.path.lexists(target):
+            failures.append("image %s: %s already exists, though the store does not hold this version" % (planned.describe(), target))
     if failures:
         raise TransferFailed(failures, plan.add)
 

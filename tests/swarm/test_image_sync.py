@@ -149,14 +149,20 @@ def test_image_sync_converges_every_host_then_retires_withdrawn_image(make_swarm
         assert os.path.isdir(os.path.join(node.dir, "archive", IMAGE_B))
 
 
-def test_torrent_not_matching_signed_list_refused_and_store_untouched(make_swarm, pki):
+def two_hosts_holding_image_a(make_swarm, pki, size):
+    """A swarm of two hosts that have committed version 1 of image A (disk-a.img); returns (swarm, plan, results)."""
     swarm = make_swarm(peers=2)
-    swarm.make_image("disk-a.img", 1 << 20)
+    swarm.make_image("disk-a.img", size)
     plan = publish(swarm, pki, [(IMAGE_A, "Disk A", "disk-a.img", "1")])
     seed_all(swarm, plan)
     swarm.start_peers()
     first = run_everywhere(swarm, pki, APPROVE_ALL)
     assert all(not r.get("failed") for r in first.values()), first
+    return swarm, plan, first
+
+
+def test_torrent_not_matching_signed_list_refused_and_store_untouched(make_swarm, pki):
+    swarm, _plan, _first = two_hosts_holding_image_a(make_swarm, pki, 1 << 20)
     before = dict((node.name, store_listing(node)) for node in swarm.peers)
 
     # A new version is signed, then the repository's torrent is replaced by another one.
@@ -175,3 +181,42 @@ def test_torrent_not_matching_signed_list_refused_and_store_untouched(make_swarm
         assert "sha256" in result["msg"] and "differs from the signed list" in result["msg"]
         assert store_listing(node) == before[node.name]
         assert sorted(s["key"] for s in node.status()) == keys_before[node.name]
+
+
+def test_reendorsed_same_bytes_keeps_committed_image(make_swarm, pki):
+    """A new hv:version of unchanged bytes. Before, the engine (which held the torrent) left the new partial empty,
+    the check failed, the engine was told to delete the torrent's data -- the committed image a VM had open -- and
+    the store was reported unchanged. Now: committed without a transfer, v1 retired once closed, never deleted in use."""
+    swarm, plan, first = two_hosts_holding_image_a(make_swarm, pki, 2 << 20)
+    sha512 = plan.image_list.images[0].sha512
+    v1 = dict((node.name, first[node.name]["held"][0]["path"]) for node in swarm.peers)
+
+    with open(os.path.join(swarm.repo_dir, "lists", "site.list"), "rb") as handle:
+        publish(swarm, pki, [(IMAGE_A, "Disk A", "disk-a.img", "2")], existing=handle.read())
+    busy_node, idle_node = swarm.peers
+    with open(v1[busy_node.name], "rb") as vm:          # a VM runs from v1 on one host
+        results = run_everywhere(swarm, pki, APPROVE_ALL)
+        for node in swarm.peers:
+            result = results[node.name]
+            assert not result.get("failed"), (node.name, result.get("msg"))
+            assert result["changed"]
+            assert [(i["version"], i["action"]) for i in result["images"]] == [("2", "added (same bytes as %s 1, no transfer)" % IMAGE_A)]
+            held = dict((i["version"], i["path"]) for i in result["held"])
+            assert sorted(held) == (["1", "2"] if node is busy_node else ["2"])
+            v2 = held["2"]
+            assert sha512_file(v2) == sha512
+            assert os.path.samefile(v2, v1[node.name] if node is busy_node else os.path.join(node.dir, "archive", IMAGE_A, "1", "disk-a.img"))
+            # the engine seeds the torrent from v2 now
+            assert [s["save_dir"] for s in node.status()] == [os.path.dirname(v2)]
+        assert [i["version"] for i in results[busy_node.name]["in_use"]] == ["1"] and results[busy_node.name]["retired"] == []
+        assert sha512_file(v1[busy_node.name]) == sha512 and vm.read(16)
+        assert [i["version"] for i in results[idle_node.name]["retired"]] == ["1"]
+        assert sha512_file(os.path.join(idle_node.dir, "archive", IMAGE_A, "1", "disk-a.img")) == sha512
+
+    # closed: the next run retires v1 there too, and the store holds v2
+    again = run_everywhere(swarm, pki, APPROVE_ALL)
+    assert [i["version"] for i in again[busy_node.name]["retired"]] == ["1"] and again[busy_node.name]["changed"]
+    assert not again[idle_node.name]["changed"]
+    for node in swarm.peers:
+        assert [path for path in store_listing(node) if not path.startswith(".partial")] == sorted([os.path.join(IMAGE_A, "2", "disk-a.img"), os.path.join(IMAGE_A, "2.json"),
+                                              os.path.join(IMAGE_A, "2.torrent"), os.path.join(IMAGE_A, "current")])

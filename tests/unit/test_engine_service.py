@@ -29,7 +29,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FI
 from ansible_collections.vmic.fleet.plugins.module_utils.engine_service import main, validate_config
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
-from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import PlannedImage, SyncPlan, retire, transfer
+from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import PlannedImage, SyncPlan, TransferFailed, retire, transfer
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_torrent, v2_truncated
 from waiting import free_port, sha512, wait_for
@@ -566,6 +566,15 @@ def test_same_file_under_two_identifiers_one_transfer_both_committed(engines, im
     assert [item["action"] for item in results] == ["added", "added (same bytes as %s 1, no transfer)" % IMAGE_A]
     a, b = store.find(IMAGE_A, "1"), store.find(IMAGE_B, "7")
     assert os.path.samefile(a.path, b.path) and sha512(b.path) == image["sha512"]
+    assert [s["save_dir"] for s in node.client.status()] == [os.path.dirname(a.path)]
+
+    # a list that gives the same torrent other bytes: the engine holds it elsewhere, so nothing is downloaded,
+    # nothing deleted, and the engine keeps seeding where it was
+    liar = planned(image, torrent_url, "cc000000-0000-4000-8000-00000000000c", "1")
+    liar.sha512 = liar.image["sl:checksum:sha512"] = "0" * 128
+    with pytest.raises(TransferFailed, match="the engine already holds its torrent .* nothing was downloaded or deleted"):
+        transfer(sync_plan([liar]), store, node.client, torrent_module, time.time() + 60, poll=0.2)
+    assert sha512(a.path) == image["sha512"] and [s.identifier for s in store.images()] == [IMAGE_A, IMAGE_B]
     assert [s["save_dir"] for s in node.client.status()] == [os.path.dirname(a.path)]
 
 
