@@ -20,7 +20,7 @@ class AtomicWriteError(OSError):
     """An atomic write failed; the message names the destination (never the temporary file)."""
 
     def __str__(self):
-        return self.strerror
+        return str(self.strerror)
 
 
 def fsync_dir(path):

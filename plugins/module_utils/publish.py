@@ -364,7 +364,7 @@ def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_p
             same = candidate.to_json_bytes() == previous.to_json_bytes()
             renew_due = previous.expires_epoch - now < renew_before_days * 86400
             behind = last is not None and (int(previous.version) < last
-                                          or (int(previous.version) == last and payload_sha256(previous) != last_digest))
+                                           or (int(previous.version) == last and payload_sha256(previous) != last_digest))
             if same and not renew_due and not behind:
                 plan.image_list = previous
                 plan.reason = "unchanged (version %s, expires %s)" % (previous.version, previous.expires)

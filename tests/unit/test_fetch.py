@@ -52,7 +52,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             block = b"z" * 65536
             try:
-                for _ in range(2048):  # 128 MiB at most
+                for _block_number in range(2048):  # 128 MiB at most
                     self.wfile.write(block)
             except OSError:
                 pass

@@ -124,7 +124,6 @@ def test_signed_content_reads_our_envelope(pki, tmp_path, image_file):
     assert parse_image_list(signed_content(first.envelope), "x").identifier == LIST_ID
 
 
-
 def publish(pki, cat, tmp_path, dest, state, **kwargs):
     """One signer run as the module does it: read the destination, plan, write state and list."""
     result, _publisher = plan(pki, cat, tmp_path, existing=existing_envelope(str(dest)), state=state, **kwargs)
@@ -199,7 +198,6 @@ def test_signer_state_adopts_list_published_before_it(pki, tmp_path, image_file)
     state = PublisherState(default_state_file(str(dest)))
     assert not publish(pki, catalogue(image_file), tmp_path, dest, state).changed
     assert PublisherState(state.path).last_version(LIST_ID)[0] == 1
-
 
 
 def test_missing_signer_certificate_reported_against_certificate(pki, tmp_path, image_file):
