@@ -228,7 +228,7 @@ def plan_sync(verdicts, policy, profile, store, known=()):
     return plan
 
 
-def _torrent_for(planned, torrent_module, https_ca_file, timeout):
+def _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http=False):
     image = planned.image
     uri = image.get("vmic:torrent")
     if not uri:
@@ -236,7 +236,8 @@ def _torrent_for(planned, torrent_module, https_ca_file, timeout):
     for field in ("vmic:torrent_sha256", "vmic:btih_v1", "vmic:btih_v2"):
         if not image.get(field):
             raise TorrentError("image %s: the signed list gives no %s" % (planned.describe(), field))
-    data = fetch_bytes(uri, MAX_TORRENT_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=True, what="torrent")
+    # Like the lists: HTTPS with the site's CA options (http only where allowed), never a local path.
+    data = fetch_bytes(uri, MAX_TORRENT_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="torrent", allow_local=False)
     meta = torrent_module.check_torrent(data, expected_name=torrent_name_for(image), expected_size=planned.size, expected_v1=image["vmic:btih_v1"],
                                         expected_v2=image["vmic:btih_v2"], expected_sha256=image["vmic:torrent_sha256"])
     return data, meta
@@ -258,6 +259,7 @@ def _engine_owned_dir(path, mode, owner):
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         os.mkdir(parent, 0o711)
+    os.chmod(parent, 0o711)        # also one made 0750 by earlier versions, which an engine user could not pass
     if not os.path.isdir(path):
         os.mkdir(path, mode)
     if owner is not None:
@@ -438,7 +440,8 @@ def _meta(planned, key):
             "endorser": getattr(planned, "endorser", None)}
 
 
-def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None):
+def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None,
+             allow_http=False):
     """Download and verify every image to add; commit all only when all verified. Returns per-image results.
 
     An image whose bytes (sha512 and size) a held image or another image of this run already has is not
@@ -466,7 +469,7 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     if need > free:
         raise StoreError("image store %s: too little disk: %d bytes needed, %d free; nothing was changed" % (store.store_dir, need, free))
 
-    torrents = dict((id(planned), _torrent_for(planned, torrent_module, https_ca_file, timeout)) for planned in plan.add)
+    torrents = dict((id(planned), _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http)) for planned in plan.add)
     for planned in plan.add:
         planned.name = torrents[id(planned)][1].name
         planned.started = time.time()
