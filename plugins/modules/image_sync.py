@@ -283,7 +283,7 @@ def main():
             module.exit_json(**result)
         engine = engine_from_spec(params["engine"])    # also without images to add or retire: stale downloads are discarded
         result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"],
-                                    commit=not downloading, owner=engine_owner(params["engine"]))
+                                    commit=not downloading, owner=engine_owner(params["engine"]), allow_http=params["allow_http"])
         if not downloading:
             result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
         if result["in_use"]:
