@@ -526,7 +526,7 @@ def test_reendorsed_same_bytes_keeps_committed_image(engines, image, torrent_url
     seeded(engines, image, "127.0.0.20")
     node = engines("node", "127.0.0.21").start()
     store = ImageStore(str(tmp_path / "store"), str(tmp_path / "archive"))
-    first = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1")]), store, node.client, torrent_module, time.time() + 60, poll=0.2)
+    first = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1")]), store, node.client, torrent_module, time.time() + 60, poll=0.2, allow_http=True)
     assert [item["action"] for item in first] == ["added"]
     v1 = store.find(IMAGE_A, "1")
     assert node.status(meta.info_hash_v1)["save_dir"] == os.path.dirname(v1.path)
@@ -535,7 +535,7 @@ def test_reendorsed_same_bytes_keeps_committed_image(engines, image, torrent_url
     # v2 lists the same bytes; a VM holds v1 open meanwhile
     with open(v1.path, "rb") as vm:
         plan = sync_plan([planned(image, torrent_url, IMAGE_A, "2")], [v1])
-        second = transfer(plan, store, node.client, torrent_module, time.time() + 60, poll=0.2)
+        second = transfer(plan, store, node.client, torrent_module, time.time() + 60, poll=0.2, allow_http=True)
         assert [item["action"] for item in second] == ["added (same bytes as %s 1, no transfer)" % IMAGE_A]
         v2 = store.find(IMAGE_A, "2")
         assert os.path.samefile(v1.path, v2.path) and sha512(v2.path) == image["sha512"]
@@ -562,7 +562,7 @@ def test_same_file_under_two_identifiers_one_transfer_both_committed(engines, im
     node = engines("node", "127.0.0.23").start()
     store = ImageStore(str(tmp_path / "store"))
     results = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1"), planned(image, torrent_url, IMAGE_B, "7")]),
-                       store, node.client, torrent_module, time.time() + 60, poll=0.2)
+                       store, node.client, torrent_module, time.time() + 60, poll=0.2, allow_http=True)
     assert [item["action"] for item in results] == ["added", "added (same bytes as %s 1, no transfer)" % IMAGE_A]
     a, b = store.find(IMAGE_A, "1"), store.find(IMAGE_B, "7")
     assert os.path.samefile(a.path, b.path) and sha512(b.path) == image["sha512"]
@@ -573,7 +573,7 @@ def test_same_file_under_two_identifiers_one_transfer_both_committed(engines, im
     liar = planned(image, torrent_url, "cc000000-0000-4000-8000-00000000000c", "1")
     liar.sha512 = liar.image["sl:checksum:sha512"] = "0" * 128
     with pytest.raises(TransferFailed, match="the engine already holds its torrent .* nothing was downloaded or deleted"):
-        transfer(sync_plan([liar]), store, node.client, torrent_module, time.time() + 60, poll=0.2)
+        transfer(sync_plan([liar]), store, node.client, torrent_module, time.time() + 60, poll=0.2, allow_http=True)
     assert sha512(a.path) == image["sha512"] and [s.identifier for s in store.images()] == [IMAGE_A, IMAGE_B]
     assert [s["save_dir"] for s in node.client.status()] == [os.path.dirname(a.path)]
 
@@ -584,7 +584,7 @@ def test_download_withdrawn_before_activation_discarded_and_not_seeded(engines, 
     node = engines("node", "127.0.0.25").start()
     store = ImageStore(str(tmp_path / "store"))
     results = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1")]), store, node.client, torrent_module, time.time() + 60,
-                       poll=0.2, commit=False)
+                       poll=0.2, commit=False, allow_http=True)
     partial = store.partial_dir(IMAGE_A, "1")
     assert [item["action"] for item in results] == ["downloaded"] and os.path.isfile(os.path.join(partial, meta.name))
     # the activation run no longer lists it

@@ -370,7 +370,8 @@ def test_engine_user_write_to_committed_image_refused(rtorrents, image, torrent_
     seed.client.add(meta.data, image["dir"], seed_mode=True)
     node = rtorrents("node", "127.0.0.12", user=NOBODY, where=open_dir)
     store = ImageStore(os.path.join(open_dir, "store"), os.path.join(open_dir, "archive"))
-    results = transfer(_plan(image, torrent_server, "1"), store, node.client, torrent_module, time.time() + 60, poll=0.2, owner=(NOBODY, NOBODY))
+    owner = (NOBODY, NOBODY)
+    results = transfer(_plan(image, torrent_server, "1"), store, node.client, torrent_module, time.time() + 60, poll=0.2, allow_http=True, owner=owner)
     assert [item["action"] for item in results] == ["added"] and results[0]["bytes_from_peers"] >= meta.size
     v1 = store.find(IMAGE, "1")
     for path, mode in ((v1.path, 0o444), (os.path.dirname(v1.path), 0o755), (os.path.dirname(os.path.dirname(v1.path)), 0o755)):
@@ -383,7 +384,7 @@ def test_engine_user_write_to_committed_image_refused(rtorrents, image, torrent_
 
     # a new version of the same bytes: no transfer; rtorrent seeds it from there once v1 is retired
     plan = _plan(image, torrent_server, "2", retired=[v1])
-    results = transfer(plan, store, node.client, torrent_module, time.time() + 60, poll=0.2, owner=(NOBODY, NOBODY))
+    results = transfer(plan, store, node.client, torrent_module, time.time() + 60, poll=0.2, allow_http=True, owner=owner)
     assert [item["action"] for item in results] == ["added (same bytes as %s 1, no transfer)" % IMAGE]
     retired, in_use = retire(plan, store, node.client, "archive")
     assert [item["version"] for item in retired] == ["1"] and in_use == []
