@@ -7,6 +7,7 @@ Layout (``store_dir``, one filesystem so that every move is a rename)::
 
     <store_dir>/<identifier>/<version>/<file name>   the verified image, read-only (0444)
     <store_dir>/<identifier>/<version>.json          its signed metadata + verification record
+    <store_dir>/<identifier>/<version>.torrent       the checked .torrent (to seed it again from another version)
     <store_dir>/<identifier>/current                 symlink -> <version>/<file name>
     <store_dir>/.partial/<identifier>/<version>/      downloads in progress (the engine writes here; 0711 so
                                                       an engine running as its own user reaches its dirs)
@@ -15,6 +16,8 @@ Layout (``store_dir``, one filesystem so that every move is a rename)::
 An image is in the store exactly when its ``<version>.json`` exists: the file is verified (size and
 sha512 of every byte) in ``.partial``, renamed into place, then the metadata is written atomically and
 ``current`` is switched atomically. Nothing half-written is ever visible outside ``.partial``.
+A committed image and its directories are root's (0444 / 0755), whoever downloaded it; ``verify_all``
+hashes them again. A new version with the same bytes is a hard link to the held file.
 """
 
 from __future__ import annotations
