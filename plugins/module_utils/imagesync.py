@@ -103,6 +103,7 @@ class SyncPlan(object):
         self.held = []
         self.refused = []
         self.conflicts = []
+        self.stale_downloads = []
 
     def to_dict(self):
         """Plain data: identifiers and versions of each action, refused lists and what they hold back."""
@@ -113,6 +114,7 @@ class SyncPlan(object):
             "held": ["%s %s" % (s.identifier, s.version) for s in self.held],
             "refused": [dict(item) for item in self.refused],
             "conflicts": list(self.conflicts),
+            "discard": ["%s %s" % pair for pair in self.stale_downloads],
         }
 
     def diff(self):
@@ -225,6 +227,8 @@ def plan_sync(verdicts, policy, profile, store, known=()):
                                   % (planned.describe(), planned.endorser, planned.identifier, held_by[planned.identifier]))
             continue
         plan.add.append(planned)
+    adding = set((p.identifier, p.version) for p in plan.add)
+    plan.stale_downloads = [pair for pair in store.partials() if pair not in adding]
     return plan
 
 
@@ -623,8 +627,7 @@ def _stop_seeding(store, engine, image, remaining):
 def discard_stale_downloads(plan, store, engine):
     """Delete download directories that no image to add uses (withdrawn or re-versioned before activation);
     the engine forgets their torrents first (never deleting data itself). Returns what was discarded."""
-    adding = set((p.identifier, p.version) for p in plan.add)
-    stale = [(identifier, version) for identifier, version in store.partials() if (identifier, version) not in adding]
+    stale = plan.stale_downloads
     if not stale:
         return []
     statuses = engine.status() if engine is not None else []

@@ -170,7 +170,8 @@ RETURN = r"""
 plan:
   description:
     - Identifiers and versions to add, keep, retire, and hold (kept as they are because their list was
-      refused); C(refused) lists (source, endorser, identifier, revoked, reasons); C(conflicts).
+      refused); C(refused) lists (source, endorser, identifier, revoked, reasons); C(conflicts); C(discard),
+      downloads that no image to add uses any more (withdrawn before activation), dropped at activation.
   returned: always
   type: dict
 refused_lists:
@@ -184,7 +185,10 @@ images:
   type: list
   elements: dict
 retired:
-  description: Images retired in this run.
+  description:
+    - Images retired in this run (identifier, version, action), and downloads discarded because no image
+      to add uses them (action C(discarded download)). C(engine_error) says when the engine could not be
+      told to stop seeding.
   returned: always
   type: list
   elements: dict
@@ -276,7 +280,7 @@ def main():
         for conflict in plan.conflicts:
             module.warn(conflict)
         downloading = params["phase"] == "download"
-        result["changed"] = bool(plan.add or (plan.retire and not downloading))
+        result["changed"] = bool(plan.add or ((plan.retire or plan.stale_downloads) and not downloading))
         if module._diff:
             result["diff"] = plan.diff()
         if module.check_mode:

@@ -110,3 +110,13 @@ def test_new_version_replaces_held_and_diff_shows_it(tmp_path):
     assert held_pairs(plan.retire) == [(U1, "1")]
     diff = plan.diff()
     assert "%s 1 (held)" % U1 in diff["before"] and "%s 2 (img)" % U1 in diff["after"]
+
+
+def test_withdrawn_download_planned_for_discard(tmp_path):
+    """Check mode predicts it: a download no image to add uses is discarded at activation."""
+    store = ImageStore(str(tmp_path / "images"))
+    store.ensure()
+    os.makedirs(store.partial_dir(U2, "1"))
+    plan = plan_sync([verdict("cern", LIST_A, [image(U1)])], APPROVE_ALL, {}, store)
+    assert plan.to_dict()["discard"] == ["%s 1" % U2]
+    assert [(p.identifier, p.version) for p in plan.add] == [(U1, "1")]
