@@ -25,7 +25,7 @@ options:
     type: path
     default: /var/lib/vmic/images
   engine:
-    description: The engine to ask - C(kind) and C(socket), as for M(vmic.fleet.image_sync). V(null) skips it.
+    description: The engine to ask - C(kind) and C(socket), as for M(vmic.fleet.image_sync). An empty mapping (V({})) skips it.
     type: dict
     default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
   verify:
