@@ -31,8 +31,8 @@ import subprocess
 import tempfile
 import time
 
-from ansible_collections.vmic.fleet.plugins.module_utils.dn import dn_from_x509_name
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, SignatureError, TrustError
+from ansible_collections.vmic.fleet.plugins.module_utils.dn import dn_from_x509_name, name_from_x509
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, SignatureError, TrustError, VmicError
 
 try:
     from cryptography import x509
@@ -254,9 +254,13 @@ class SignatureVerdict(object):
 
     ``valid``: the signature is good, by one signer, chaining to a trust anchor (with CRLs when
     checked), with an accepted digest.  ``content`` is the signed payload, set only when valid.
-    ``signer_dn`` / ``issuer_dn`` (canonical one-line form), ``signer_cert_pem`` and ``digest`` are
-    filled in whenever they can be read; when ``valid`` is false they describe what the envelope
-    claims and are unverified.  ``signer_count`` is the number of signerInfos.
+    ``signer_dn`` / ``issuer_dn`` (one-line display form), ``signer_name`` / ``issuer_name`` (the
+    :class:`~dn.DistinguishedName` structures, for every comparison), ``signer_cert_pem``,
+    ``chain_pems`` (every certificate embedded in the envelope, PEM; untrusted intermediates only)
+    and ``digest`` are filled in whenever they can be read; when ``valid`` is false they describe what
+    the envelope claims and are unverified.  ``signer_count`` is the number of signerInfos.
+    ``revoked`` is True when the site's CRLs (never the envelope's) revoke the signer certificate or a
+    CA certificate of its chain.
     """
 
     def __init__(self, source):
@@ -266,9 +270,13 @@ class SignatureVerdict(object):
         self.content = None
         self.signer_dn = None
         self.issuer_dn = None
+        self.signer_name = None
+        self.issuer_name = None
         self.digest = None
         self.signer_count = 0
         self.signer_cert_pem = None
+        self.chain_pems = []
+        self.revoked = False
 
     def to_dict(self):
         """Plain data for module results (without the content)."""
@@ -280,6 +288,7 @@ class SignatureVerdict(object):
             "issuer_dn": self.issuer_dn,
             "digest": self.digest,
             "signer_count": self.signer_count,
+            "revoked": self.revoked,
         }
 
     def __repr__(self):
@@ -381,6 +390,23 @@ def _pem_certificates(data):
         except ValueError:
             continue
     return certs
+
+
+def certificate_facts(data):
+    """For each PEM certificate in ``data`` (bytes): (pem, subject, issuer, sha256 fingerprint).
+
+    Subject and issuer are :class:`~dn.DistinguishedName`; the fingerprint is the lower-case hex
+    sha256 of the DER.  Blocks that are not certificates are skipped.
+    """
+    _require_cryptography()
+    facts = []
+    for cert in _pem_certificates(data):
+        try:
+            subject, issuer = name_from_x509(cert.subject), name_from_x509(cert.issuer)
+        except VmicError:
+            continue
+        facts.append((cert.public_bytes(serialization.Encoding.PEM), subject, issuer, cert.fingerprint(hashes.SHA256()).hex()))
+    return facts
 
 
 class _OpenSSL(object):
@@ -516,11 +542,10 @@ def _verify_in(openssl, verdict, refuse, trust, attime, allow_legacy_digests, ma
             envelope_certs = pkcs7.load_der_pkcs7_certificates(handle.read())
     except ValueError:
         envelope_certs = []
+    verdict.chain_pems = [cert.public_bytes(serialization.Encoding.PEM) for cert in envelope_certs]
     claimed = _claimed_signer(envelope_certs, signer["serial"])
     if claimed is not None:
-        verdict.signer_dn = dn_from_x509_name(claimed.subject)
-        verdict.issuer_dn = dn_from_x509_name(claimed.issuer)
-        verdict.signer_cert_pem = claimed.public_bytes(serialization.Encoding.PEM)
+        _set_signer(verdict, claimed)
 
     args = ["cms", "-verify", "-in", "envelope", "-out", "content", "-signer", "signer.pem", "-purpose", purpose]
     args.extend(trust.openssl_args(openssl.workdir))
@@ -534,9 +559,7 @@ def _verify_in(openssl, verdict, refuse, trust, attime, allow_legacy_digests, ma
         if len(certs) != 1:
             problems.append("openssl reported %d signer certificates; exactly one signer is required" % len(certs))
         else:
-            verdict.signer_dn = dn_from_x509_name(certs[0].subject)
-            verdict.issuer_dn = dn_from_x509_name(certs[0].issuer)
-            verdict.signer_cert_pem = certs[0].public_bytes(serialization.Encoding.PEM)
+            _set_signer(verdict, certs[0])
         content = openssl.read("content", max_bytes)
         if content is None:
             problems.append("openssl wrote no signed content")
@@ -546,6 +569,13 @@ def _verify_in(openssl, verdict, refuse, trust, attime, allow_legacy_digests, ma
             verdict.content = content
     else:
         problems.extend(_verification_problems(openssl, err, code, claimed, attime, no_anchors))
+    if trust.crl_check and verdict.signer_cert_pem is not None:
+        site = _site_revocation_problems(openssl, verdict, trust, attime, purpose)
+        if code == 0:
+            problems.extend(site)
+        else:
+            # The envelope was refused already; add what the site's CRLs say about revocation, once.
+            problems.extend(p for p in site if verdict.revoked and "revoked" in p and p not in problems)
     for problem in problems:
         refuse(problem)
 
@@ -556,6 +586,65 @@ def _verify_in(openssl, verdict, refuse, trust, attime, allow_legacy_digests, ma
     elif digest not in ACCEPTED_DIGESTS:
         refuse("signed with digest %s (%s), which is not accepted" % (digest, signer["digest_oid"]))
     return verdict
+
+
+_VERIFY_ERROR = re.compile(r"^error ([0-9]+) at ([0-9]+) depth lookup: (.+)$")
+
+
+def _site_revocation_problems(openssl, verdict, trust, attime, purpose):
+    """Judge the signer's chain again with the site's trust anchors and CRLs only (``openssl verify``).
+
+    ``openssl cms -verify`` prefers a time-valid CRL from the envelope's ``crls`` field to the CA
+    directory's, so a revoked signer could embed its CA's previous CRL.  Here the envelope gives
+    only untrusted intermediates (``-untrusted``), never a CRL or an anchor.  Sets
+    ``verdict.revoked`` when the site's CRLs revoke the signer or a CA of its chain.
+    """
+    with open(openssl.path("site-signer.pem"), "wb") as handle:
+        handle.write(verdict.signer_cert_pem)
+    args = ["verify", "-purpose", purpose]
+    if verdict.chain_pems:
+        with open(openssl.path("site-untrusted.pem"), "wb") as handle:
+            handle.write(b"".join(verdict.chain_pems))
+        args.extend(["-untrusted", "site-untrusted.pem"])
+    args.extend(trust.openssl_verify_args(openssl.workdir))
+    if attime is not None:
+        args.extend(["-attime", str(attime)])
+    code, _out, err = openssl.run(args + ["site-signer.pem"])
+    if code == 0:
+        return []
+    if code == 1:
+        raise SignatureError("openssl verify refused its arguments (exit 1): %s" % "; ".join(_openssl_messages(err)))
+    signer = "signer %s" % verdict.signer_dn
+    problems, subject = [], None
+    for line in err.splitlines():
+        match = _VERIFY_ERROR.match(line.strip())
+        if not match:
+            if line.strip() and not line.startswith("error "):
+                subject = line.strip()
+            continue
+        depth, message = int(match.group(2)), match.group(3).strip()
+        if message.lower() == "certificate revoked":
+            verdict.revoked = True
+            if depth == 0:
+                problem = "%s: certificate revoked (judged by the site's CRLs only)" % signer
+            else:
+                problem = "%s: the CA certificate %s of its chain is revoked (judged by the site's CRLs only)" % (signer, subject)
+        else:
+            problem = "%s: %s (judged by the site's trust anchors and CRLs only)" % (signer, _chain_reason(message, None, attime))
+        if problem not in problems:
+            problems.append(problem)
+    return problems or ["%s: the site's trust anchors and CRLs refuse the chain: %s" % (signer, "; ".join(_openssl_messages(err)) or code)]
+
+
+def _set_signer(verdict, cert):
+    verdict.signer_dn = dn_from_x509_name(cert.subject)
+    verdict.issuer_dn = dn_from_x509_name(cert.issuer)
+    try:
+        verdict.signer_name = name_from_x509(cert.subject)
+        verdict.issuer_name = name_from_x509(cert.issuer)
+    except VmicError:
+        verdict.signer_name = verdict.issuer_name = None
+    verdict.signer_cert_pem = cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _raise_operator_error(code, err, trust):
@@ -590,3 +679,101 @@ def _signature_problems(messages, code):
     if "signature failure" in lowered or "verification failure" in lowered or "signerinfo verify error" in lowered:
         return ["the signature value is invalid (signature failure)"]
     return ["verification failed: %s" % ("; ".join(messages) or "openssl exit %d" % code)]
+
+
+def _pinned_anchor(endorser, trust):
+    """(the anchor certificate the endorser is pinned to, None) or (None, the reason there is none)."""
+    who = "endorser %s" % endorser.name
+    if endorser.ca_fingerprint:
+        pinned = trust.anchor_with_fingerprint(endorser.ca_fingerprint)
+        if pinned is None:
+            return None, "%s: its pinned CA certificate (sha256 %s) is not a trust anchor of %s" % (who, endorser.ca_fingerprint, trust.describe())
+        if pinned.name != endorser.ca_name:
+            return None, "%s: its pinned CA certificate %s is not its CA %s" % (who, pinned.describe(), endorser.ca)
+        return pinned, None
+    anchors = trust.anchors_named(endorser.ca_name)
+    if not anchors:
+        return None, ("%s: no trust anchor of %s is its CA %s (install that CA certificate, or pin one with ca_fingerprint)"
+                      % (who, trust.describe(), endorser.ca))
+    if len(anchors) > 1:
+        return None, ("%s: %d trust anchors have the subject of its CA %s (%s); set ca_fingerprint to the one that issues it"
+                      % (who, len(anchors), endorser.ca, ", ".join(a.describe() for a in anchors)))
+    return anchors[0], None
+
+
+def verify_endorser_binding(signature, endorser, trust):
+    """Reasons why the signer of ``signature`` (a SignatureVerdict) is not bound to ``endorser``; empty when it is.
+
+    ``endorser`` (a truststore.Endorser) is pinned to one CA certificate: the trust anchor with its
+    ``ca_fingerprint``, or else the only anchor of ``trust`` whose subject is its ``ca`` (none, or
+    several, is a refusal: fail closed).  The signer certificate must be issued by that certificate:
+    ``openssl verify -partial_chain`` with the pinned certificate as the only anchor checks the
+    signature of the link, so a look-alike CA (a sub-CA given the victim CA's name by another trusted
+    CA) is refused whatever its names.  Then the IGTF namespace policy of the CA directory
+    (``<hash>.namespaces``, else ``<hash>.signing_policy``, see truststore.CAPolicy) must permit the
+    signer's subject for the pinned CA, and the pinned CA's subject for its own issuer.  Each reason
+    names the endorser and the CA.  Validity in time and revocation are :func:`verify_detached`'s.
+    """
+    who = "endorser %s" % endorser.name
+    if signature is None or signature.signer_cert_pem is None:
+        return ["%s: the signer certificate is unknown, so its binding to the CA %s cannot be checked" % (who, endorser.ca)]
+    facts = certificate_facts(signature.signer_cert_pem)
+    if len(facts) != 1:
+        return ["%s: the signer certificate cannot be read, so its binding to the CA %s cannot be checked" % (who, endorser.ca)]
+    _pem, subject, issuer, _fingerprint = facts[0]
+    if subject != endorser.dn_name or issuer != endorser.ca_name:
+        return ["%s: the signer %s (issuer %s) is not the endorser's certificate %s from the CA %s"
+                % (who, subject, issuer, endorser.dn, endorser.ca)]
+    try:
+        pinned, reason = _pinned_anchor(endorser, trust)
+    except VmicError as exc:
+        return ["%s: its CA %s cannot be looked up: %s" % (who, endorser.ca, exc)]
+    if pinned is None:
+        return [reason]
+    reasons = _issued_by(signature.signer_cert_pem, pinned, who)
+    if reasons:
+        return reasons
+    try:
+        reasons.extend(_policy_reasons(trust, subject, pinned, who))
+    except VmicError as exc:
+        reasons.append("%s: the namespace policy of the CA %s cannot be checked: %s" % (who, endorser.ca, exc))
+    return reasons
+
+
+def _issued_by(signer_pem, pinned, who):
+    """[] when the signer certificate's signature verifies with the pinned CA certificate's key, else the reason."""
+    openssl_bin = find_openssl()
+    workdir = tempfile.mkdtemp(prefix="vmic-binding-")
+    try:
+        openssl = _OpenSSL(openssl_bin, workdir)
+        for name, pem in (("signer.pem", signer_pem), ("pinned.pem", pinned.pem)):
+            with open(openssl.path(name), "wb") as handle:
+                handle.write(pem)
+        # -no_check_time: validity in time is judged by verify_detached; only the link by key matters here.
+        code, _out, err = openssl.run(["verify", "-partial_chain", "-no-CApath", "-no-CAstore", "-CAfile", "pinned.pem",
+                                       "-no_check_time", "signer.pem"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if code == 0:
+        return []
+    if code == 1:
+        raise SignatureError("openssl verify refused its arguments (exit 1): %s" % "; ".join(_openssl_messages(err)))
+    errors = [match.group(3).strip() for match in (_VERIFY_ERROR.match(line.strip()) for line in err.splitlines()) if match]
+    return ["%s: the signer certificate is not issued by its pinned CA certificate %s (%s)"
+            % (who, pinned.describe(), "; ".join(errors) or "openssl verify exit %d" % code)]
+
+
+def _policy_reasons(trust, subject, pinned, who):
+    """IGTF namespace policy: the pinned CA may sign the signer's subject, and its issuer may sign the pinned CA."""
+    reasons = []
+    checks = [(subject, pinned.name, [pinned.hash] if pinned.hash else [])]
+    if pinned.issuer_name != pinned.name:
+        parents = trust.anchors_named(pinned.issuer_name)
+        checks.append((pinned.name, pinned.issuer_name, sorted(set(parent.hash for parent in parents if parent.hash))))
+    for checked, issuer, hashes_of_issuer in checks:
+        for issuer_hash in hashes_of_issuer:
+            policy = trust.ca_policy(issuer_hash)
+            refusal = policy.refusal(checked, issuer) if policy is not None else None
+            if refusal:
+                reasons.append("%s: %s" % (who, refusal))
+    return reasons

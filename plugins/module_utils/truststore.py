@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 
-from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn
+from ansible_collections.vmic.fleet.plugins.module_utils.dn import parse_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError, VmicError
 
 # A CA bundle with every IGTF CA and its CRLs is a few MB; this bounds the scan for CRL markers.
@@ -35,12 +35,23 @@ MAX_ENDORSER_NAME = 128
 MAX_URLS_PER_ENDORSER = 32
 MAX_URL_LENGTH = 2048
 
-ENDORSER_KEYS = ("name", "dn", "ca", "urls")
+ENDORSER_KEYS = ("name", "dn", "ca", "urls", "ca_fingerprint", "description")
+MAX_DESCRIPTION = 1024
+# Trust anchors read for CA pinning: an IGTF directory holds a few hundred; each file is one certificate.
+MAX_ANCHORS = 4096
+MAX_ANCHOR_FILE_BYTES = 1024 * 1024
+MAX_POLICY_BYTES = 256 * 1024
+MAX_POLICY_ENTRIES = 1000
 
 _CERT_FILE = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
 _CRL_FILE = re.compile(r"^[0-9a-f]{8}\.r[0-9]+$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^\s\x00-\x1f\x7f]+$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+_HASH = re.compile(r"^[0-9a-f]{8}$")
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+_NAMESPACE_ENTRY = re.compile(r"^TO\s+ISSUER\s+(?:%s|(SELF))\s+(PERMIT|DENY)\s+SUBJECT\s+%s$" % (_QUOTED, _QUOTED), re.I)
+_POLICY_LINE = re.compile(r"^(access_id_CA|pos_rights|neg_rights|cond_subjects)\s+(\S+)\s+(.+)$", re.I)
 
 
 def _file_has_marker(path, marker, what):
@@ -62,15 +73,170 @@ def _file_has_marker(path, marker, what):
     raise TrustError("%s %s: larger than the limit of %d bytes" % (what, path, MAX_BUNDLE_BYTES))
 
 
-def _read_bounded(path, what):
+def _read_bounded_to(path, limit, what):
     try:
         with open(path, "rb") as handle:
-            data = handle.read(MAX_BUNDLE_BYTES + 1)
+            data = handle.read(limit + 1)
     except (IOError, OSError) as exc:
         raise TrustError("%s %s: cannot be read: %s" % (what, path, exc.strerror or exc))
-    if len(data) > MAX_BUNDLE_BYTES:
-        raise TrustError("%s %s: larger than the limit of %d bytes" % (what, path, MAX_BUNDLE_BYTES))
+    if len(data) > limit:
+        raise TrustError("%s %s: larger than the limit of %d bytes" % (what, path, limit))
     return data
+
+
+def _read_bounded(path, what):
+    return _read_bounded_to(path, MAX_BUNDLE_BYTES, what)
+
+
+class AnchorCertificate(object):
+    """A CA certificate of the trust store: ``pem``, ``name`` / ``issuer_name`` (DistinguishedName),
+    ``fingerprint`` (sha256 of the DER, lower-case hex), ``path`` and, in a CA directory, ``hash``
+    (the ``<hash>`` of its ``<hash>.N`` file)."""
+
+    __slots__ = ("path", "hash", "pem", "name", "issuer_name", "fingerprint")
+
+    def __init__(self, path, file_hash, pem, name, issuer_name, fingerprint):
+        self.path = path
+        self.hash = file_hash
+        self.pem = pem
+        self.name = name
+        self.issuer_name = issuer_name
+        self.fingerprint = fingerprint
+
+    def describe(self):
+        """``<subject> (sha256 <fingerprint>, <file>)`` for messages."""
+        return "%s (sha256 %s, %s)" % (self.name, self.fingerprint, self.path)
+
+    def __repr__(self):
+        return "AnchorCertificate(%s)" % self.describe()
+
+
+def _strip_policy_comment(line):
+    """``line`` without its ``#`` comment (a ``#`` inside quotes or after a backslash is text)."""
+    quote, escaped = None, False
+    for index, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quote:
+            if char == quote:
+                quote = None
+        elif char in "\"'":
+            quote = char
+        elif char == "#":
+            return line[:index]
+    return line
+
+
+def _policy_entries(text):
+    """Logical lines of a policy file: comments removed, backslash continuations joined."""
+    entries, current = [], ""
+    for raw in text.splitlines():
+        line = _strip_policy_comment(raw).rstrip()
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            current += line[:-1] + " "
+            continue
+        current = (current + line).strip()
+        if current:
+            entries.append(current)
+        current = ""
+    if current.strip():
+        entries.append(current.strip())
+    return entries
+
+
+def _unquote(text):
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _glob_regex(glob):
+    """A Globus ``cond_subjects`` glob as a regular expression (``*`` any text, ``?`` one character)."""
+    return "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in glob)
+
+
+class CAPolicy(object):
+    """The IGTF namespace policy of a CA: which subjects the CA(s) of one ``<hash>`` may sign.
+
+    Read from ``<hash>.namespaces`` (EUGridPMA EACL: ``TO Issuer "<dn>"|SELF PERMIT|DENY Subject
+    "<regex>"``), or, when there is none, from ``<hash>.signing_policy`` (Globus: ``access_id_CA X509
+    '<dn>'``, ``pos_rights globus CA:sign``, ``cond_subjects globus '"<glob>" ...'``).  A subject is
+    permitted when a permitting rule for its issuer matches the whole one-line subject and no DENY
+    rule does (deny wins; a DENY matches regardless of case).  A file that cannot be read or parsed
+    permits nothing (fail closed).
+    """
+
+    def __init__(self, path, kind, file_hash):
+        self.path = path
+        self.kind = kind
+        self.hash = file_hash
+        self.rules = []      # (issuer DistinguishedName or None for SELF, permit, compiled regex, entry number)
+        self.error = None
+        try:
+            data = _read_bounded_to(path, MAX_POLICY_BYTES, "CA policy file")
+            text = data.decode("utf-8")
+            entries = _policy_entries(text)
+            if len(entries) > MAX_POLICY_ENTRIES:
+                raise TrustError("CA policy file %s: more than %d entries" % (path, MAX_POLICY_ENTRIES))
+            if kind == "namespaces":
+                self._parse_namespaces(entries)
+            else:
+                self._parse_signing_policy(entries)
+        except (TrustError, ValueError, re.error) as exc:
+            self.error = str(exc)
+
+    def _parse_namespaces(self, entries):
+        for number, entry in enumerate(entries, 1):
+            match = _NAMESPACE_ENTRY.match(entry)
+            if not match:
+                raise TrustError("CA policy file %s: entry %d is not 'TO Issuer \"<dn>\" PERMIT|DENY Subject \"<regex>\"': %r"
+                                 % (self.path, number, entry[:200]))
+            issuer = None if match.group(2) else parse_dn(_unquote(match.group(1)))
+            permit = match.group(3).upper() == "PERMIT"
+            flags = 0 if permit else re.I
+            self.rules.append((issuer, permit, re.compile(_unquote(match.group(4)), flags), number))
+
+    def _parse_signing_policy(self, entries):
+        block = None
+        for number, entry in enumerate(entries, 1):
+            match = _POLICY_LINE.match(entry)
+            if not match:
+                raise TrustError("CA policy file %s: entry %d is not access_id_CA, pos_rights, neg_rights or cond_subjects: %r"
+                                 % (self.path, number, entry[:200]))
+            key, value = match.group(1).lower(), match.group(3).strip()
+            if key == "access_id_ca":
+                self._add_block(block)
+                block = {"issuer": parse_dn(value.strip("'")), "sign": False, "subjects": [], "number": number}
+            elif block is None:
+                raise TrustError("CA policy file %s: entry %d comes before access_id_CA" % (self.path, number))
+            elif key == "pos_rights":
+                block["sign"] = block["sign"] or "CA:sign" in value.split()
+            elif key == "cond_subjects":
+                block["subjects"].extend(re.findall(r'"([^"]*)"', value.strip("'")))
+        self._add_block(block)
+
+    def _add_block(self, block):
+        if block is not None and block["sign"]:
+            for glob in block["subjects"]:
+                self.rules.append((block["issuer"], True, re.compile(_glob_regex(glob)), block["number"]))
+
+    def refusal(self, subject, issuer):
+        """None when the CA ``issuer`` may sign ``subject`` (both DistinguishedName), else the reason."""
+        where = "%s %s" % (self.kind, self.path)
+        if self.error is not None:
+            return "CA %s may sign nothing here: its %s cannot be used (%s)" % (issuer, where, self.error)
+        text = str(subject)
+        permitted = False
+        for rule_issuer, permit, pattern, number in self.rules:
+            if rule_issuer is not None and rule_issuer != issuer:
+                continue
+            if pattern.fullmatch(text):
+                if not permit:
+                    return "CA %s may not sign subject %s (denied by entry %d of %s)" % (issuer, text, number, where)
+                permitted = True
+        if not permitted:
+            return "CA %s may not sign subject %s (no entry of %s permits it)" % (issuer, text, where)
+        return None
 
 
 class TrustStore(object):
@@ -91,6 +257,8 @@ class TrustStore(object):
         self.ca_file = None
         self.crl_file = None
         self.crl_check = bool(crl_check)
+        self._anchors = None
+        self._policies = {}
         has_crls = False
         if ca_path is not None:
             self.ca_path = os.path.abspath(self._text(ca_path, "ca_path"))
@@ -172,6 +340,85 @@ class TrustStore(object):
             args.append("-crl_check_all")
         return args
 
+    def openssl_verify_args(self, workdir=None):
+        """The argv fragment for ``openssl verify`` with exactly these anchors and CRLs (``-CRLfile`` for ``crl_file``).
+
+        Nothing else is trusted (no default locations); with ``crl_check``, ``-crl_check_all``.
+        """
+        if self.ca_path is not None:
+            args = ["-CApath", self.ca_path, "-no-CAfile", "-no-CAstore"]
+        else:
+            args = ["-CAfile", self.ca_file, "-no-CApath", "-no-CAstore"]
+        if self.crl_file is not None:
+            args.extend(["-CRLfile", self.crl_file])
+        if self.crl_check:
+            args.append("-crl_check_all")
+        return args
+
+    def anchor_certificates(self):
+        """The CA certificates of the store (:class:`AnchorCertificate`), read once.
+
+        A CA directory gives its ``<hash>.N`` files (at most MAX_ANCHORS, each at most
+        MAX_ANCHOR_FILE_BYTES); a bundle its certificates.  TrustError when they cannot be read.
+        """
+        if self._anchors is not None:
+            return self._anchors
+        # Lazy: cryptography is needed only here, and its one gate is in smime.
+        from ansible_collections.vmic.fleet.plugins.module_utils.smime import certificate_facts  # pylint: disable=import-outside-toplevel
+        anchors = []
+        if self.ca_path is not None:
+            try:
+                names = sorted(name for name in os.listdir(self.ca_path) if _CERT_FILE.match(name))
+            except OSError as exc:
+                raise TrustError("CA directory %s: cannot be listed: %s" % (self.ca_path, exc.strerror or exc))
+            if len(names) > MAX_ANCHORS:
+                raise TrustError("CA directory %s: %d certificates, more than the limit of %d" % (self.ca_path, len(names), MAX_ANCHORS))
+            for name in names:
+                path = os.path.join(self.ca_path, name)
+                for facts in certificate_facts(_read_bounded_to(path, MAX_ANCHOR_FILE_BYTES, "CA certificate")):
+                    anchors.append(AnchorCertificate(path, name.split(".", 1)[0], *facts))
+        else:
+            for facts in certificate_facts(_read_bounded(self.ca_file, "CA bundle")):
+                anchors.append(AnchorCertificate(self.ca_file, None, *facts))
+                if len(anchors) > MAX_ANCHORS:
+                    raise TrustError("CA bundle %s: more than %d certificates" % (self.ca_file, MAX_ANCHORS))
+        self._anchors = tuple(anchors)
+        return self._anchors
+
+    def anchors_named(self, name):
+        """The anchor certificates whose subject is ``name`` (a DistinguishedName or DN string), one per fingerprint."""
+        wanted = parse_dn(name)
+        found = {}
+        for anchor in self.anchor_certificates():
+            if anchor.name == wanted:
+                found.setdefault(anchor.fingerprint, anchor)
+        return list(found.values())
+
+    def anchor_with_fingerprint(self, fingerprint):
+        """The anchor certificate whose sha256 fingerprint is ``fingerprint`` (hex, colons allowed), or None."""
+        wanted = normalise_fingerprint(fingerprint, "trust anchors")
+        for anchor in self.anchor_certificates():
+            if anchor.fingerprint == wanted:
+                return anchor
+        return None
+
+    def ca_policy(self, issuer_hash):
+        """The IGTF namespace policy (:class:`CAPolicy`) of the CA(s) with subject hash ``issuer_hash``, or None.
+
+        Only a CA directory has policies: ``<hash>.namespaces``, else ``<hash>.signing_policy``.
+        """
+        if self.ca_path is None or not isinstance(issuer_hash, str) or not _HASH.match(issuer_hash):
+            return None
+        if issuer_hash not in self._policies:
+            policy = None
+            for kind in ("namespaces", "signing_policy"):
+                path = os.path.join(self.ca_path, "%s.%s" % (issuer_hash, kind))
+                if os.path.lexists(path):
+                    policy = CAPolicy(path, kind, issuer_hash)
+                    break
+            self._policies[issuer_hash] = policy
+        return self._policies[issuer_hash]
+
     def describe(self):
         """A short description for messages."""
         if self.ca_path is not None:
@@ -186,41 +433,67 @@ class TrustStore(object):
         return "TrustStore(%s)" % self.describe()
 
 
+def normalise_fingerprint(value, where):
+    """A sha256 fingerprint as 64 lower-case hex digits; colons, spaces and case are allowed in ``value``."""
+    if not isinstance(value, str):
+        raise TrustError("%s: ca_fingerprint must be a string, got %s" % (where, type(value).__name__))
+    text = value.strip().lower().replace(":", "").replace(" ", "")
+    if not _FINGERPRINT.match(text):
+        raise TrustError("%s: ca_fingerprint %r is not a sha256 fingerprint (64 hex digits, colons allowed)" % (where, value[:200]))
+    return text
+
+
 class Endorser(object):
-    """A trusted endorser: a name, the subject and issuer DN of its certificate, its catalogue URLs."""
+    """A trusted endorser: a name, the subject and issuer DN of its certificate, its catalogue URLs.
 
-    __slots__ = ("name", "dn", "ca", "urls")
+    ``dn`` / ``ca`` are the one-line display strings; ``dn_name`` / ``ca_name`` the
+    :class:`~dn.DistinguishedName` structures every comparison uses.  ``ca_fingerprint`` (lower-case
+    hex sha256 of the issuing CA certificate's DER, or None) pins the endorser to that CA certificate;
+    without it the pin is the one trust anchor whose subject is ``ca`` (see
+    ``smime.verify_endorser_binding``).
+    """
 
-    def __init__(self, name, dn, ca, urls=()):
+    __slots__ = ("name", "dn", "ca", "urls", "dn_name", "ca_name", "ca_fingerprint", "description")
+
+    def __init__(self, name, dn, ca, urls=(), ca_fingerprint=None, description=None):
         self.name = name
-        self.dn = canonical_dn(dn)
-        self.ca = canonical_dn(ca)
+        self.dn_name = parse_dn(dn)
+        self.ca_name = parse_dn(ca)
+        self.dn = str(self.dn_name)
+        self.ca = str(self.ca_name)
         self.urls = tuple(urls)
+        self.ca_fingerprint = None if ca_fingerprint is None else normalise_fingerprint(ca_fingerprint, "endorser %s" % name)
+        self.description = description
+
+    def _key(self):
+        return (self.name, self.dn_name, self.ca_name, self.urls, self.ca_fingerprint, self.description)
 
     def to_dict(self):
         """Plain data for module results."""
-        return {"name": self.name, "dn": self.dn, "ca": self.ca, "urls": list(self.urls)}
+        return {"name": self.name, "dn": self.dn, "ca": self.ca, "urls": list(self.urls), "ca_fingerprint": self.ca_fingerprint,
+                "description": self.description}
 
     def __eq__(self, other):
         if not isinstance(other, Endorser):
             return NotImplemented
-        return (self.name, self.dn, self.ca, self.urls) == (other.name, other.dn, other.ca, other.urls)
+        return self._key() == other._key()
 
     def __ne__(self, other):
         result = self.__eq__(other)
         return result if result is NotImplemented else not result
 
     def __hash__(self):
-        return hash((self.name, self.dn, self.ca, self.urls))
+        return hash(self._key())
 
     def __repr__(self):
-        return "Endorser(%r, %r, %r, %r)" % (self.name, self.dn, self.ca, self.urls)
+        return "Endorser(%r, %r, %r, %r, ca_fingerprint=%r)" % (self.name, self.dn, self.ca, self.urls, self.ca_fingerprint)
 
 
 def _endorser_from_entry(index, entry):
     where = "endorser %d" % (index + 1)
     if not isinstance(entry, dict):
-        raise TrustError("%s: must be a mapping with name, dn, ca and optional urls, got %s" % (where, type(entry).__name__))
+        raise TrustError("%s: must be a mapping with name, dn, ca and optional urls, ca_fingerprint, description, got %s"
+                         % (where, type(entry).__name__))
     unknown = sorted(str(key) for key in entry if key not in ENDORSER_KEYS)
     if unknown:
         raise TrustError("%s: unknown keys %s (allowed: %s)" % (where, ", ".join(unknown), ", ".join(ENDORSER_KEYS)))
@@ -249,8 +522,14 @@ def _endorser_from_entry(index, entry):
                              % (where, url[:MAX_URL_LENGTH], MAX_URL_LENGTH))
     if len(set(urls)) != len(urls):
         raise TrustError("%s: urls lists the same URL twice" % where)
+    description = entry.get("description")
+    if description is not None and (not isinstance(description, str) or len(description) > MAX_DESCRIPTION):
+        raise TrustError("%s: description must be a string of at most %d characters" % (where, MAX_DESCRIPTION))
+    fingerprint = entry.get("ca_fingerprint")
+    if fingerprint is not None:
+        fingerprint = normalise_fingerprint(fingerprint, where)
     try:
-        return Endorser(name, entry["dn"], entry["ca"], urls)
+        return Endorser(name, entry["dn"], entry["ca"], urls, ca_fingerprint=fingerprint, description=description)
     except VmicError as exc:
         raise TrustError("%s: %s" % (where, exc))
 
@@ -258,9 +537,10 @@ def _endorser_from_entry(index, entry):
 class EndorserRegistry(object):
     """The endorsers a site trusts, built from inventory data.
 
-    ``entries`` is a list of mappings ``{name, dn, ca, urls?}``; DNs may be in OpenSSL one-line or
-    RFC 4514 form.  Names must be unique, and so must (dn, ca) pairs and catalogue URLs, so that a
-    signer maps to at most one endorser and a catalogue to at most one signer.
+    ``entries`` is a list of mappings ``{name, dn, ca, urls?, ca_fingerprint?, description?}``; DNs may
+    be in OpenSSL one-line or RFC 4514 form.  Names must be unique, and so must (dn, ca) pairs
+    (compared as X.509 names) and catalogue URLs, so that a signer maps to at most one endorser and a
+    catalogue to at most one signer.
     """
 
     def __init__(self, entries):
@@ -278,7 +558,7 @@ class EndorserRegistry(object):
             endorser = _endorser_from_entry(index, entry)
             if endorser.name in self._by_name:
                 raise TrustError("endorsers: name %s is used twice" % endorser.name)
-            identity = (endorser.dn, endorser.ca)
+            identity = (endorser.dn_name, endorser.ca_name)
             if identity in self._by_identity:
                 raise TrustError("endorsers: %s and %s have the same dn %s and ca %s"
                                  % (self._by_identity[identity].name, endorser.name, endorser.dn, endorser.ca))
@@ -290,10 +570,16 @@ class EndorserRegistry(object):
             self._by_name[endorser.name] = endorser
             self._by_identity[identity] = endorser
 
-    def match(self, signer_dn, issuer_dn):
-        """The endorser whose dn and ca are the signer's subject and issuer DN, or None."""
+    def match(self, signer, issuer):
+        """The endorser whose dn and ca are the signer's subject and issuer name, or None.
+
+        ``signer`` / ``issuer`` are :class:`~dn.DistinguishedName` objects (``SignatureVerdict.signer_name``
+        / ``issuer_name``, from the certificate) or DN strings, which are parsed; names are compared
+        as X.509 names.  Give the structures of a certificate, not its display strings: the one-line
+        display form of a name with ``/`` or ``+`` in a value is ambiguous.
+        """
         try:
-            key = (canonical_dn(signer_dn), canonical_dn(issuer_dn))
+            key = (parse_dn(signer), parse_dn(issuer))
         except VmicError:
             return None
         return self._by_identity.get(key)

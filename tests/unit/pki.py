@@ -31,6 +31,8 @@ window works with CRL checks on.  All keys are EC P-256 (fast) except ``rsa``.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime
 import os
 import subprocess
@@ -56,7 +58,7 @@ def _name(*common_names):
 def _one_line(name):
     # Kept independent of plugins/module_utils/dn.py so that tests cross-check it.
     short = {NameOID.DOMAIN_COMPONENT: "DC", NameOID.ORGANIZATION_NAME: "O", NameOID.COMMON_NAME: "CN",
-             NameOID.COUNTRY_NAME: "C", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU"}
+             NameOID.COUNTRY_NAME: "C", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU", NameOID.USER_ID: "UID"}
     return "".join("/%s=%s" % (short[attribute.oid], attribute.value) for attribute in name)
 
 
@@ -76,6 +78,62 @@ def openssl_hash(path, kind="x509"):
     result = subprocess.run(["openssl", kind, option, "-noout", "-in", path], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, check=True)
     return result.stdout.decode("ascii").strip()
+
+
+def _libcrypto():
+    """OpenSSL's libcrypto (the one the openssl command uses), for what the command line cannot do."""
+    path = ctypes.util.find_library("crypto")
+    if path is None:
+        raise RuntimeError("libcrypto not found")
+    lib = ctypes.CDLL(path)
+    lib.BIO_new_mem_buf.restype = ctypes.c_void_p
+    lib.BIO_new_mem_buf.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.BIO_s_mem.restype = ctypes.c_void_p
+    lib.BIO_new.restype = ctypes.c_void_p
+    lib.BIO_new.argtypes = [ctypes.c_void_p]
+    lib.BIO_ctrl.restype = ctypes.c_long
+    lib.BIO_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    lib.BIO_free.argtypes = [ctypes.c_void_p]
+    lib.d2i_CMS_bio.restype = ctypes.c_void_p
+    lib.d2i_CMS_bio.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.i2d_CMS_bio.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.PEM_read_bio_X509_CRL.restype = ctypes.c_void_p
+    lib.PEM_read_bio_X509_CRL.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.CMS_add1_crl.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.X509_CRL_free.argtypes = [ctypes.c_void_p]
+    lib.CMS_ContentInfo_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def embed_crls(cms_der, crl_pems):
+    """``cms_der`` (a CMS SignedData) with ``crl_pems`` added to its ``crls`` field, by OpenSSL's CMS_add1_crl.
+
+    The ``crls`` field is not covered by the signature, so anyone holding a signed list can do this.
+    """
+    lib = _libcrypto()
+    bio = lib.BIO_new_mem_buf(cms_der, len(cms_der))
+    cms = lib.d2i_CMS_bio(bio, None)
+    lib.BIO_free(bio)
+    if not cms:
+        raise ValueError("not a CMS structure")
+    try:
+        for pem in crl_pems:
+            bio = lib.BIO_new_mem_buf(pem, len(pem))
+            crl = lib.PEM_read_bio_X509_CRL(bio, None, None, None)
+            lib.BIO_free(bio)
+            if not crl or lib.CMS_add1_crl(cms, crl) != 1:
+                raise ValueError("CMS_add1_crl failed")
+            lib.X509_CRL_free(crl)
+        out = lib.BIO_new(lib.BIO_s_mem())
+        if lib.i2d_CMS_bio(out, cms) != 1:
+            raise ValueError("i2d_CMS_bio failed")
+        pointer = ctypes.c_char_p()
+        length = lib.BIO_ctrl(out, 3, 0, ctypes.byref(pointer))  # BIO_get_mem_data
+        data = ctypes.string_at(pointer, length)
+        lib.BIO_free(out)
+        return data
+    finally:
+        lib.CMS_ContentInfo_free(cms)
 
 
 class Identity(object):
@@ -185,10 +243,10 @@ class TestPKI(object):
         return CA(name, cert, key, self.directory, chain=(issuer.cert,) if issuer and issuer.cert.issuer != issuer.cert.subject else ())
 
     def _leaf(self, name, ca, key_type="ec", not_before=None, not_after=None, digital_signature=True,
-              eku=(ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH)):
+              eku=(ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH), subject=None):
         key = _new_key(key_type)
         builder = (x509.CertificateBuilder()
-                   .subject_name(_name("Endorser " + name))
+                   .subject_name(subject if subject is not None else _name("Endorser " + name))
                    .issuer_name(ca.cert.subject)
                    .public_key(key.public_key())
                    .serial_number(self._next_serial())
@@ -221,19 +279,31 @@ class TestPKI(object):
         return Identity(name, cert, key, self.directory)
 
     def _write_crl(self, ca):
-        builder = (x509.CertificateRevocationListBuilder()
-                   .issuer_name(ca.cert.subject)
-                   .last_update(self.now - 60 * DAY)
-                   .next_update(self.now + 60 * DAY)
-                   .add_extension(x509.CRLNumber(1), critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False))
-        for serial in ca.revoked:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(self.now - 5 * DAY).build())
-        ca.crl = builder.sign(ca.key, hashes.SHA256())
+        ca.crl = self._sign_crl(ca, ca.revoked, 1, self.now - 60 * DAY, self.now + 60 * DAY)
         ca.crl_pem = ca.crl.public_bytes(serialization.Encoding.PEM)
         with open(ca.crl_path, "wb") as handle:
             handle.write(ca.crl_pem)
+
+    def _sign_crl(self, ca, revoked, number, last_update, next_update):
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(ca.cert.subject)
+                   .last_update(last_update)
+                   .next_update(next_update)
+                   .add_extension(x509.CRLNumber(number), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False))
+        for serial in revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(self.now - 5 * DAY).build())
+        return builder.sign(ca.key, hashes.SHA256())
+
+    def crl_pem(self, ca, revoked=(), number=2, last_update_days=-1, next_update_days=60):
+        """A PEM CRL of the CA object ``ca`` revoking the ``revoked`` identities, valid from/to the given days from now.
+
+        The CA's own CRL (``ca.crl_pem``, number 1, in the trust anchors) is left as it is.
+        """
+        serials = [identity.cert.serial_number for identity in revoked]
+        crl = self._sign_crl(ca, serials, number, self.at(last_update_days), self.at(next_update_days))
+        return crl.public_bytes(serialization.Encoding.PEM)
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -243,6 +313,10 @@ class TestPKI(object):
         if key not in self._endorsers:
             self._endorsers[key] = self._leaf(name, self.cas[issuer], key_type=key_type)
         return self._endorsers[key]
+
+    def leaf_with_subject(self, name, subject, ca):
+        """A good endorser certificate called ``name`` with the ``x509.Name`` ``subject``, issued by the CA object ``ca``."""
+        return self._leaf(name, ca, subject=subject)
 
     def write_ca_dir(self, path, cas=None, crls_of=None):
         """Write an IGTF-layout CA directory: ``<hash>.0`` per CA, ``<hash>.r0`` per CRL.

@@ -130,7 +130,8 @@ def test_registry_canonicalises_dns_and_matches_signer():
     assert "alice" in registry and "carol" not in registry
     assert [e.name for e in registry] == ["alice", "bob"]
     assert registry.to_list()[0] == {"name": "alice", "dn": "/DC=org/DC=example/CN=Alice",
-                                     "ca": "/DC=org/DC=example/CN=Example CA", "urls": list(ALICE["urls"])}
+                                     "ca": "/DC=org/DC=example/CN=Example CA", "urls": list(ALICE["urls"]),
+                                     "ca_fingerprint": None, "description": None}
 
 
 def test_signer_with_right_dn_but_other_issuer_is_not_an_endorser():
