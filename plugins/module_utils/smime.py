@@ -16,6 +16,20 @@ without line ends, or with CRLF line ends already, comes back byte for byte.  (S
 with ``PKCS7Options.Binary`` does not work: the envelope is still written with CRLF line ends, so
 LF content would fail every reader's digest check.)
 
+Revocation is judged by the site's CRLs only.  ``openssl cms -verify`` prefers a time-valid CRL
+from the envelope's own ``crls`` field to those of the CA directory, so a revoked endorser (or a thief
+of its key) could embed its CA's previous CRL.  After ``openssl cms -verify`` (the signature, the
+chain), :func:`verify_detached` therefore runs ``openssl verify -crl_check_all`` on the signer
+certificate with the trust store's anchors and CRLs only (``-CRLfile`` for ``crl_file``), the
+envelope's certificates given as untrusted intermediates (``-untrusted``) and its CRLs never; both
+must pass.  ``SignatureVerdict.revoked`` tells that the site's CRLs revoke the signer or a CA of its
+chain, a definite signal (the list's images are withdrawn).
+
+Who may sign for an endorser: :func:`verify_endorser_binding` checks that the signer certificate is
+issued by the endorser's pinned CA certificate (by key, ``openssl verify -partial_chain`` with that
+certificate as the only anchor) and that the IGTF namespace policy of the CA directory permits its
+subject (see truststore).
+
 A bad signature is a result (:class:`SignatureVerdict` with ``valid`` false and reasons), never an
 exception; exceptions are for operator errors: a missing ``openssl`` command or ``cryptography``
 library, an unreadable signing key, an unsupported option.

@@ -16,8 +16,23 @@ of its issuer.  A CA without a CRL, or with an expired one, makes every signatur
 fetch-crl keeps them current; a site that gives a bundle file must give the CRLs too (inside the
 bundle or as ``crl_file``), or turn ``crl_check`` off knowingly.
 
+These CRLs are the only ones that judge revocation: ``smime.verify_detached`` checks the chain a
+second time with ``openssl verify`` and :meth:`TrustStore.openssl_verify_args`, so that a CRL carried
+inside a signed envelope never stands in for the site's.
+
+CA pinning.  :meth:`TrustStore.anchor_certificates` reads the anchors (``<hash>.N`` files or the
+bundle's certificates, bounded) with their sha256 fingerprints; an endorser is bound to one of them
+(its ``ca_fingerprint``, or else the only anchor whose subject is its ``ca``).  IGTF namespace
+policies of a CA directory are honoured as vmcatcher and Globus do (:class:`CAPolicy`):
+``<hash>.namespaces`` (EUGridPMA EACL, preferred) or ``<hash>.signing_policy`` (Globus) of the CA
+with subject hash ``<hash>`` say which subjects it may sign; a certificate issued by that CA with
+another subject is refused, naming the CA, the subject and the file.  Deny wins; a file that cannot
+be read or parsed permits nothing.
+
 ``EndorserRegistry`` holds the site's trusted endorsers (name, certificate subject DN, issuer DN,
-catalogue URLs) as they come from inventory variables, validated and with DNs in canonical form.
+catalogue URLs, optional ``ca_fingerprint`` and ``description``) as they come from inventory
+variables, validated; DNs are kept as X.509 name structures (dn.DistinguishedName) and compared as
+such, with one-line display strings for messages.
 """
 
 from __future__ import annotations

@@ -314,6 +314,16 @@ class TestPKI(object):
             self._endorsers[key] = self._leaf(name, self.cas[issuer], key_type=key_type)
         return self._endorsers[key]
 
+    def make_ca(self, name, common_name, issuer=None):
+        """Another CA called ``name`` with the subject of the test CAs and CN ``common_name``, with its CRL.
+
+        Issued by the CA object ``issuer`` (self-signed when None); not a trust anchor unless written
+        into a CA directory or bundle.
+        """
+        ca = self._ca(name, (common_name,), issuer=issuer)
+        self._write_crl(ca)
+        return ca
+
     def leaf_with_subject(self, name, subject, ca):
         """A good endorser certificate called ``name`` with the ``x509.Name`` ``subject``, issued by the CA object ``ca``."""
         return self._leaf(name, ca, subject=subject)
@@ -326,13 +336,17 @@ class TestPKI(object):
         cas = self.trusted if cas is None else tuple(cas)
         crls_of = cas if crls_of is None else tuple(crls_of)
         os.makedirs(path, exist_ok=True)
+        # CAs with the same subject share a hash: <hash>.0, <hash>.1, ... as openssl rehash names them.
+        cert_index, crl_index = {}, {}
         for ca in cas:
-            with open(os.path.join(path, "%s.0" % ca.hash), "wb") as handle:
+            index = cert_index[ca.hash] = cert_index.get(ca.hash, -1) + 1
+            with open(os.path.join(path, "%s.%d" % (ca.hash, index)), "wb") as handle:
                 handle.write(ca.cert_pem)
             with open(os.path.join(path, "%s.pem" % ca.name), "wb") as handle:
                 handle.write(ca.cert_pem)
         for ca in crls_of:
-            with open(os.path.join(path, "%s.r0" % ca.hash), "wb") as handle:
+            index = crl_index[ca.hash] = crl_index.get(ca.hash, -1) + 1
+            with open(os.path.join(path, "%s.r%d" % (ca.hash, index)), "wb") as handle:
                 handle.write(ca.crl_pem)
         return path
 
