@@ -39,7 +39,7 @@ import posixpath
 import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_input, read_limited, require_directory, write_atomic
-from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn
+from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn, name_from_x509, parse_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import (
     MAX_LIST_BYTES, build_image_list, format_date, parse_image_list)
@@ -296,12 +296,11 @@ def _load_private_key_pem(key_pem, passphrase, where):
 
 def _certificate_names(cert_pem, where):
     from cryptography import x509  # pylint: disable=import-outside-toplevel
-    from ansible_collections.vmic.fleet.plugins.module_utils.dn import dn_from_x509_name  # pylint: disable=import-outside-toplevel
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:
         raise SignatureError("certificate %s: cannot be loaded: %s" % (where, exc))
-    return dn_from_x509_name(cert.subject), dn_from_x509_name(cert.issuer)
+    return name_from_x509(cert.subject), name_from_x509(cert.issuer)
 
 
 def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_passphrase=None, chain_paths=(),
@@ -337,10 +336,10 @@ def plan_signed_list(catalogue, where, cert_path, key_path, existing=None, key_p
     subject, issuer = _certificate_names(cert_pem, cert_path)
     endorser = dict(catalogue.get("endorser") or {})
     for key, actual in (("hv:dn", subject), ("hv:ca", issuer)):
-        if key in endorser and canonical_dn(endorser[key]) != actual:
+        if key in endorser and parse_dn(endorser[key]) != actual:
             raise SignatureError("certificate %s is not the list's endorser: its %s is %s, the catalogue says %s"
                                  % (cert_path, "subject" if key == "hv:dn" else "issuer", actual, canonical_dn(endorser[key])))
-    endorser["hv:dn"], endorser["hv:ca"] = subject, issuer
+    endorser["hv:dn"], endorser["hv:ca"] = str(subject), str(issuer)
 
     plan = SignPlan()
     version = 1
