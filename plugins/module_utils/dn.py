@@ -87,6 +87,10 @@ class DistinguishedName(object):
     def __setattr__(self, name, value):
         raise AttributeError("DistinguishedName is immutable")
 
+    def __reduce__(self):
+        # copy / deepcopy / pickle rebuild through __init__ (attribute assignment is refused).
+        return (DistinguishedName, (self._rdns,))
+
     @property
     def rdns(self):
         """The RDNs in DER order, each a sorted tuple of (short attribute name, value)."""

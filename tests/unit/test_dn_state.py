@@ -1,5 +1,6 @@
 """Distinguished names compared as X.509 names, and the per-list state that stops rollback and replay."""
 
+import copy
 import os
 
 import pytest
@@ -90,6 +91,7 @@ def test_dn_structure_from_text_and_certificate_agree():
     assert hash(structure) == hash(parse_dn("/CN=a+UID=x/1.2.3.4=v")) and "DistinguishedName(" in repr(structure)
     with pytest.raises(AttributeError):
         structure.rdns = ()
+    assert copy.deepcopy(structure) == structure
 
 
 def test_state_refuses_rollback_and_same_version_other_bytes(tmp_path):

@@ -207,3 +207,35 @@ def test_endorser_equality_and_dict():
     two = Endorser("alice", ALICE["dn"], "CN=Example CA,DC=example,DC=org", ("https://x/l",))
     assert one == two and hash(one) == hash(two)
     assert one.to_dict()["urls"] == ["https://x/l"]
+
+
+def test_openssl_verify_args_trust_only_the_store_and_its_crls(pki, tmp_path):
+    directory = pki.write_ca_dir(str(tmp_path / "certs"), crls_of=())
+    args = TrustStore(ca_path=directory, crl_file=pki.crl_file).openssl_verify_args()
+    assert args == ["-CApath", directory, "-no-CAfile", "-no-CAstore", "-CRLfile", pki.crl_file, "-crl_check_all"]
+    args = TrustStore(ca_file=pki.ca_file, crl_check=False).openssl_verify_args()
+    assert args == ["-CAfile", pki.ca_file, "-no-CApath", "-no-CAstore"]
+
+
+def test_anchor_certificates_are_read_once_with_fingerprints(pki):
+    import hashlib  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
+    trust = TrustStore(ca_path=pki.ca_path)
+    anchors = trust.anchor_certificates()
+    assert anchors is trust.anchor_certificates()
+    root = [a for a in anchors if a.hash == pki.root.hash]
+    assert len(root) == 1 and root[0].pem == pki.root.cert_pem and str(root[0].name) == pki.root.dn
+    assert root[0].fingerprint == hashlib.sha256(pki.root.cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    assert trust.anchors_named("CN=VMIC Test Root CA,O=VMIC Test,DC=vmic-test,DC=org") == root
+    assert trust.anchor_with_fingerprint(root[0].fingerprint.upper()) is root[0]
+    bundle = TrustStore(ca_file=pki.ca_file, crl_check=False)
+    assert sorted(a.fingerprint for a in bundle.anchor_certificates()) == sorted(a.fingerprint for a in anchors)
+
+
+def test_endorser_ca_fingerprint_and_description():
+    registry = EndorserRegistry([dict(ALICE, ca_fingerprint="AB:" * 31 + "AB", description="Alice's images")])
+    alice = registry.by_name("alice")
+    assert alice.ca_fingerprint == "ab" * 32 and alice.description == "Alice's images"
+    assert str(alice.dn_name) == alice.dn and str(alice.ca_name) == alice.ca
+    with pytest.raises(TrustError, match="endorser alice: description must be a string"):
+        EndorserRegistry([dict(ALICE, description=["x"])])
