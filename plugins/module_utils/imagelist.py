@@ -22,7 +22,7 @@ import json
 import re
 import time
 
-from ansible_collections.vmic.fleet.plugins.module_utils.dn import DNError, canonical_dn
+from ansible_collections.vmic.fleet.plugins.module_utils.dn import DNError, canonical_dn, parse_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError
 
 MAX_LIST_BYTES = 8 * 1024 * 1024
@@ -165,11 +165,17 @@ def _refuse_constant(name):
 
 
 class Endorser(object):
-    """``hv:endorser/hv:x509`` of a list: who signed it, in canonical DN form."""
+    """``hv:endorser/hv:x509`` of a list: who signed it.
+
+    ``dn`` and ``ca`` are the canonical one-line strings (for display and output); ``dn_name`` and
+    ``ca_name`` the names parsed from the signed text (dn.DistinguishedName), which is what comparisons use.
+    """
 
     def __init__(self, dn, ca, email=None, creator=None):
-        self.dn = dn
-        self.ca = ca
+        self.dn_name = parse_dn(dn)
+        self.ca_name = parse_dn(ca)
+        self.dn = str(self.dn_name)
+        self.ca = str(self.ca_name)
         self.email = email
         self.creator = creator
 
@@ -286,7 +292,7 @@ def _image_items(value):
 
 def _endorser_from(item):
     x509 = item.get("hv:x509", item)
-    return Endorser(canonical_dn(x509["hv:dn"]), canonical_dn(x509["hv:ca"]), x509.get("hv:email"), x509.get("dc:creator"))
+    return Endorser(x509["hv:dn"], x509["hv:ca"], x509.get("hv:email"), x509.get("dc:creator"))
 
 
 def _is_string(value):

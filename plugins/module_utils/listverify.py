@@ -23,17 +23,9 @@ from __future__ import annotations
 import hashlib
 import time
 
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import ImageListError, parse_image_list
-from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached
-try:  # TEMPORARY-SHIM until the structured DN API lands
-    from ansible_collections.vmic.fleet.plugins.module_utils.dn import parse_dn
-    from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_endorser_binding
-except ImportError:
-    from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn as parse_dn
-
-    def verify_endorser_binding(signature, endorser, trust):
-        return []
+from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached, verify_endorser_binding
 
 # Clocks on hypervisors drift a little; a list created a few minutes "in the future" is not an attack.
 CLOCK_SKEW_SECONDS = 300
@@ -97,22 +89,13 @@ class ListVerdict(object):
         return result
 
 
-def _same_name(text, name):
-    """True when the DN string ``text`` (from the list) is the X.509 name ``name``, compared structurally."""
-    try:
-        return name is not None and parse_dn(text) == name
-    except VmicError:
-        return False
-
-
 def _check_identity(verdict, signature, image_list):
     """The signer is the list's hv:dn and its issuer the list's hv:ca (names compared as X.509 names)."""
     endorsers = image_list.endorsers
-    signer_name = getattr(signature, "signer_name", signature.signer_dn)
-    issuer_name = getattr(signature, "issuer_name", signature.issuer_dn)
-    if not any(_same_name(e.dn, signer_name) for e in endorsers):
+    signer_name, issuer_name = signature.signer_name, signature.issuer_name
+    if not any(e.dn_name == signer_name for e in endorsers):
         verdict.refuse("signer %s is not hv:dn %s" % (signature.signer_dn, " or ".join(e.dn for e in endorsers)))
-    elif not any(_same_name(e.dn, signer_name) and _same_name(e.ca, issuer_name) for e in endorsers):
+    elif not any(e.dn_name == signer_name and e.ca_name == issuer_name for e in endorsers):
         verdict.refuse("signer issuer %s is not hv:ca %s" % (signature.issuer_dn, " or ".join(e.ca for e in endorsers)))
 
 
@@ -123,7 +106,7 @@ def _check_endorsement(verdict, signature, registry, trust, source, expected_end
     list says about itself (``hv:uri``) proves nothing: only the site's configuration binds a source URL
     to an endorser.
     """
-    endorser = registry.match(getattr(signature, "signer_name", signature.signer_dn), getattr(signature, "issuer_name", signature.issuer_dn))
+    endorser = registry.match(signature.signer_name, signature.issuer_name)
     if endorser is None:
         verdict.refuse("signer %s (issuer %s) is not a trusted endorser" % (signature.signer_dn, signature.issuer_dn))
         return None

@@ -21,7 +21,7 @@ description:
   - Any failure before the commit step leaves the store exactly as it was; verified partial data stays
     in the store's C(.partial) area so the next run resumes.
   - Each subscribed list is judged on its own. A refused list (bad signature, expired, rollback, stale
-    CRL, unreachable, ...) keeps the images it covers exactly as they are and blocks nothing else: the
+    CRL, unreachable, ...) keeps the images it covers exactly as they are and blocks nothing else - the
     other lists are still applied (withdrawals included). The module does not fail for it; it names the
     list in RV(refused_lists) and warns, and C(status.yml) fails on it. A list whose signer the site's
     CRLs revoke is a definite signal - its images are retired (withdrawn).

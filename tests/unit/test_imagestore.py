@@ -172,8 +172,8 @@ def test_image_info_verify_reports_corrupt_image(tmp_path):
 
     def run():
         args = tmp_path / "args.json"
-        args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"store_dir": store.store_dir, "verify": True,
-                                                             "engine": {"kind": "libtorrent", "socket": str(tmp_path / "none.sock")}}}))
+        engine = {"kind": "libtorrent", "socket": str(tmp_path / "none.sock")}
+        args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"store_dir": store.store_dir, "verify": True, "engine": engine}}))
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "plugins", "modules", "image_info.py"), str(args)],
                               stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=COLLECTIONS), check=False)
         return json.loads(proc.stdout.decode())

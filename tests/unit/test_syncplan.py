@@ -26,10 +26,10 @@ def image(uuid, version="1", title="img"):
 
 
 def verdict(endorser, list_id, images, valid=True, revoked=False, reasons=()):
-    return {"source": "https://repo.test/%s.list" % endorser, "valid": valid, "revoked": revoked, "endorser": endorser if valid else None,
+    source = "https://repo.test/%s.list" % endorser
+    return {"source": source, "valid": valid, "revoked": revoked, "endorser": endorser if valid else None,
             "reasons": list(reasons), "metadata": {"dc:identifier": list_id} if valid else None, "expired_images": [],
-            "images": images if valid else [], "subscription": {"src": "https://repo.test/%s.list" % endorser, "endorser": endorser,
-                                                                 "identifier": list_id}}
+            "images": images if valid else [], "subscription": {"src": source, "endorser": endorser, "identifier": list_id}}
 
 
 def hold(store, uuid, version, endorser, list_id):
