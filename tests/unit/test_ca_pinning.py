@@ -204,4 +204,3 @@ def test_unusable_policy_file_refuses_its_ca(pki, tmp_path, text):
     _stolen, registry = stolen_registry(pki)
     _verdict, reasons = binding(pki, trust, pki.good, registry)
     assert len(reasons) == 1 and "endorser good: CA %s may sign nothing here: its namespaces" % pki.root.dn in reasons[0]
-
