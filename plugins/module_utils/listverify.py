@@ -24,7 +24,7 @@ import hashlib
 import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError
-from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import ImageListError, parse_image_list
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import ImageListError, compare_versions, parse_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached, verify_endorser_binding
 
 # Clocks on hypervisors drift a little; a list created a few minutes "in the future" is not an attack.
@@ -41,7 +41,7 @@ class ListVerdict(object):
         self.image_list = None
         self.signature = None        # the smime.SignatureVerdict the signer fields come from
         self.endorser = None
-        self.revoked = False         # the site's CRLs revoke the signer (or a CA of its chain)
+        self.revoked = False         # definite: the subscribed endorser's revoked certificate signed this list
         self.sha256 = None
         self.state_changed = False
         self.previous_version = None
@@ -122,6 +122,33 @@ def _check_endorsement(verdict, signature, registry, trust, source, expected_end
     return None if binding else endorser
 
 
+def _definitely_revoked(signature, source, trust, registry, state, expected_endorser, expected_identifier):
+    """Whether a refused list is the definite signal that the subscribed endorser's certificate is revoked.
+
+    The site's CRLs revoking the certificate an envelope names proves nothing by itself: a mirror can
+    serve any revoked certificate, or an old list of the endorser signed before a re-key. It is a
+    signal only when the revoked certificate's key really signed this content, the signer is the
+    subscribed endorser (bound to its pinned CA), the content is the subscribed list, and it is not
+    older than the version this host last accepted from that endorser (not a replay).
+    """
+    if not signature.revoked or signature.revoked_content is None or expected_endorser is None:
+        return False
+    endorser = registry.match(signature.signer_name, signature.issuer_name)
+    if endorser is None or endorser.name != expected_endorser or verify_endorser_binding(signature, endorser, trust):
+        return False
+    try:
+        image_list = parse_image_list(signature.revoked_content, source)
+    except ImageListError:
+        return False
+    if expected_identifier is not None and image_list.identifier != expected_identifier.lower():
+        return False
+    if state is not None:
+        previous = state.get(endorser.name, image_list.identifier)
+        if previous is not None and compare_versions(image_list.version, previous["version"]) < 0:
+            return False
+    return True
+
+
 def verify_image_list(envelope, source, trust, registry, state=None, now=None, expected_identifier=None,
                       allow_legacy_digests=False, record=True, max_bytes=None, expected_endorser=None):
     """Verify a signed image list (bytes of the S/MIME envelope) and return a :class:`ListVerdict`.
@@ -143,9 +170,9 @@ def verify_image_list(envelope, source, trust, registry, state=None, now=None, e
                          % (source, expected_endorser, ", ".join(registry.names()) or "none"))
     signature = verify_detached(envelope, trust, source, **kwargs)
     verdict.signature = signature
-    verdict.revoked = bool(getattr(signature, "revoked", False))
     if not signature.valid:
         verdict.reasons.extend(signature.reasons)
+        verdict.revoked = _definitely_revoked(signature, source, trust, registry, state, expected_endorser, expected_identifier)
         return verdict
     content = signature.content
     verdict.sha256 = hashlib.sha256(content).hexdigest()

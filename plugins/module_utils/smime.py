@@ -291,6 +291,7 @@ class SignatureVerdict(object):
         self.signer_cert_pem = None
         self.chain_pems = []
         self.revoked = False
+        self.revoked_content = None   # with ``revoked``: the content, when the revoked signer's key really signed it
 
     def to_dict(self):
         """Plain data for module results (without the content)."""
@@ -590,6 +591,8 @@ def _verify_in(openssl, verdict, refuse, trust, attime, allow_legacy_digests, ma
         else:
             # The envelope was refused already; add what the site's CRLs say about revocation, once.
             problems.extend(p for p in site if verdict.revoked and "revoked" in p and p not in problems)
+        if verdict.revoked:
+            verdict.revoked_content = _intact_content(openssl, max_bytes)
     for problem in problems:
         refuse(problem)
 
@@ -603,6 +606,20 @@ def _verify_in(openssl, verdict, refuse, trust, attime, allow_legacy_digests, ma
 
 
 _VERIFY_ERROR = re.compile(r"^error ([0-9]+) at ([0-9]+) depth lookup: (.+)$")
+
+
+def _intact_content(openssl, max_bytes):
+    """The signed content when the signature itself is intact (the claimed signer's key signed it), else None.
+
+    Only a revoked signer needs this: revocation withdraws an endorser's images only when the revoked
+    certificate really signed a list (listverify decides), never because an envelope names one.
+    """
+    code, _out, _err = openssl.run(["cms", "-verify", "-noverify", "-in", "envelope", "-out", "content.intact",
+                                    "-no-CAfile", "-no-CApath", "-no-CAstore"])
+    if code != 0:
+        return None
+    content = openssl.read("content.intact", max_bytes)
+    return content if content is not None and len(content) <= max_bytes else None
 
 
 def _site_revocation_problems(openssl, verdict, trust, attime, purpose):

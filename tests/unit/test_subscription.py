@@ -85,3 +85,47 @@ def test_hv_uri_self_assertion_refused(site):
 def test_subscription_to_unknown_endorser_refused(site):
     with pytest.raises(TrustError, match="not in the endorser list"):
         verify(site, victim_list(site), expected_endorser="nobody")
+
+
+def revoked_site(site, current=None):
+    """A site subscribed to the endorser whose certificate pki.revoked the site's CRLs revoke."""
+    pki = site["pki"]
+    site["registry"] = EndorserRegistry([{"name": "victim", "dn": pki.revoked.dn, "ca": pki.revoked.issuer_dn}])
+    return site
+
+
+def test_revoked_endorser_list_is_a_definite_signal(site):
+    """The subscribed endorser's own revoked certificate signed the subscribed list: its images are withdrawn."""
+    pki = revoked_site(site)["pki"]
+    verdict = verify(site, sign(pki.revoked, encode(document(pki.revoked)), check=False), expected_endorser="victim",
+                     expected_identifier=LIST_ID)
+    assert not verdict.valid and verdict.revoked
+    assert "revoked" in " ".join(verdict.reasons)
+
+
+def test_forged_revocation_signal_other_certificate_refused(site):
+    """A mirror serves a list signed by some other revoked certificate: refused, but no withdrawal of the victim's images."""
+    pki = site["pki"]
+    verdict = verify(site, sign(pki.revoked, encode(document(pki.revoked)), check=False), expected_endorser="victim",
+                     expected_identifier=LIST_ID)
+    assert not verdict.valid and not verdict.revoked
+
+
+def test_forged_revocation_signal_without_key_refused(site):
+    """The victim's revoked certificate is public: an envelope naming it, signed with another key, is no signal."""
+    pki = revoked_site(site)["pki"]
+    from ansible_collections.vmic.fleet.plugins.module_utils.smime import sign_detached  # pylint: disable=import-outside-toplevel
+    forged = sign_detached(encode(document(pki.revoked)), pki.revoked.cert_pem, pki.good.key_pem, check=False)
+    verdict = verify(site, forged, expected_endorser="victim", expected_identifier=LIST_ID)
+    assert not verdict.valid and not verdict.revoked
+
+
+def test_forged_revocation_signal_replay_after_rekey_refused(site):
+    """After a re-key, a mirror replays an older list signed with the endorser's old, revoked certificate: no withdrawal."""
+    pki = revoked_site(site)["pki"]
+    renewed = pki.leaf_with_subject("revoked_renewed", pki.revoked.cert.subject, pki.root)
+    current = verify(site, sign(renewed, encode(document(renewed, version="5"))), expected_endorser="victim", expected_identifier=LIST_ID)
+    assert current.valid, current.reasons
+    replay = verify(site, sign(pki.revoked, encode(document(pki.revoked, version="4")), check=False), expected_endorser="victim",
+                    expected_identifier=LIST_ID)
+    assert not replay.valid and not replay.revoked
