@@ -9,7 +9,8 @@ its identities to every hypervisor as ``known_images``. That is the single meani
 before" for ``new_images: refuse``: a fresh hypervisor decides exactly as an old one.
 
 File format: ``{"approved": {"<endorser>/<image uuid>": {version, sha512, title, list, endorser}}}``.
-Keys without an endorser (files of earlier releases) name no image and are ignored.
+Keys of earlier releases (a bare image UUID) are read as ``*/<uuid>``: that UUID from any endorser
+counts as approved before, as it did then; the next publication writes the set in the new form.
 """
 
 from __future__ import annotations
@@ -20,25 +21,35 @@ import re
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import PolicyError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.policy import ANY_ENDORSER
 
 STATE_FILE = "approved.json"
 MAX_STATE_BYTES = 16 * 1024 * 1024
 MAX_KNOWN = 100000
-_IDENTITY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_IDENTITY_RE = re.compile(r"^(?:\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})/%s$" % _UUID)
+_LEGACY_RE = re.compile(r"^%s$" % _UUID)
 
 
 def check_known(items):
-    """Validate ``known_images`` as a module option gives them; returns a frozenset of identities."""
+    """Validate ``known_images`` as a module option gives them; returns a frozenset of identities.
+
+    The keys of approved.json are given as they are: a bare UUID (an earlier release's key) becomes ``*/<uuid>``.
+    """
     if items is None:
         return frozenset()
     if not isinstance(items, (list, tuple, set, frozenset)):
         raise PolicyError("known_images must be a list of endorser/uuid strings, got %s" % type(items).__name__)
     if len(items) > MAX_KNOWN:
         raise PolicyError("known_images: %d entries, more than the limit of %d" % (len(items), MAX_KNOWN))
+    known = set()
     for item in items:
+        if isinstance(item, str) and _LEGACY_RE.match(item):
+            item = "%s/%s" % (ANY_ENDORSER, item)
         if not isinstance(item, str) or not _IDENTITY_RE.match(item):
             raise PolicyError("known_images: %r is not <endorser>/<lower-case image uuid>" % (item,))
-    return frozenset(items)
+        known.add(item)
+    return frozenset(known)
 
 
 class ApprovedSetStore(object):
@@ -58,7 +69,15 @@ class ApprovedSetStore(object):
             raise VmicError("approved-set state %s is unreadable: %s" % (self.path, exc))
         if not isinstance(data, dict) or not isinstance(data.get("approved"), dict):
             raise VmicError("approved-set state %s lacks an approved mapping" % self.path)
-        return dict((key, value) for key, value in data["approved"].items() if _IDENTITY_RE.match(key) and isinstance(value, dict))
+        approved = {}
+        for key, value in data["approved"].items():
+            if not isinstance(value, dict):
+                continue
+            if _LEGACY_RE.match(key):
+                key = "%s/%s" % (ANY_ENDORSER, key)
+            if _IDENTITY_RE.match(key):
+                approved[key] = value
+        return approved
 
     def save(self, approved):
         """Write the approved set atomically."""

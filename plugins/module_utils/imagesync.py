@@ -26,7 +26,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineErr
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, check_file, secure_file
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
-from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate
+from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate, identity
 
 try:
     from urllib.parse import unquote, urlparse
@@ -195,14 +195,17 @@ def plan_sync(verdicts, policy, profile, store, known=()):
                          identifier=(v.get("subscription") or {}).get("identifier"), revoked=bool(v.get("revoked")),
                          reasons=list(v.get("reasons") or [])) for v in verdicts if not v.get("valid")]
     owners = _owner_status(verdicts)
-    decisions = evaluate(policy, verdicts, known=known)
+    held = store.images()
+    # What this host holds keeps its identifier against a newcomer from another endorser.
+    incumbents = [identity(s.meta["endorser"], s.identifier) for s in held if s.meta.get("endorser")]
+    decisions = evaluate(policy, verdicts, known=known, incumbents=incumbents)
     host = HostProfile("this host", profile or {})
     for decision in decisions:
         if host.selects(decision):
             candidate = decision.candidate
             plan.desired.append(PlannedImage(candidate.image, candidate.list_identifier, candidate.endorser))
     wanted = dict(((p.endorser, p.identifier, p.version), p) for p in plan.desired)
-    for stored in store.images():
+    for stored in held:
         owner = _held_owner(stored, owners)
         if owner == "refused":
             plan.held.append(stored)

@@ -153,6 +153,10 @@ class Policy(object):
         self.rules = [Rule(index, rule) for index, rule in enumerate(rules, 1)]
 
 
+# Approved sets of earlier releases named images by UUID alone: "*/<uuid>" stands for any endorser.
+ANY_ENDORSER = "*"
+
+
 def identity(endorser, identifier):
     """The name of an image across endorsers: ``<endorser>/<image uuid>``."""
     return "%s/%s" % (endorser or "", (identifier or "").lower())
@@ -185,6 +189,10 @@ class Candidate(object):
     def identity(self):
         """``endorser/identifier``: what names an image (see approvedset.identity)."""
         return identity(self.endorser, self.identifier)
+
+    def known_in(self, known):
+        """True when ``known`` holds this image (or, from an approved set of an earlier release, ``*/uuid``)."""
+        return self.identity in known or identity(ANY_ENDORSER, self.identifier) in known
 
 
 class Decision(object):
@@ -221,7 +229,7 @@ def _decide(policy, candidate, known):
     if not approves:
         decision.reasons.append("no approve rule matches")
         return decision
-    if policy.new_images == "refuse" and candidate.identity not in known:
+    if policy.new_images == "refuse" and not candidate.known_in(known):
         explicit = [rule for rule in approves if "identifier" in rule.criteria]
         if not explicit:
             decision.reasons.append("new image: not approved before, and new_images is refuse (approve it by identifier)")
@@ -236,12 +244,13 @@ def _decide(policy, candidate, known):
     return decision
 
 
-def evaluate(policy, verified_lists, known=(), now=None):
+def evaluate(policy, verified_lists, known=(), now=None, incumbents=()):
     """Decide on every image of every valid list.
 
     ``verified_lists`` are listverify results (dicts with valid, endorser, metadata, images,
     expired_images). Images from refused lists are never considered. ``known`` holds the identities
-    (``endorser/uuid``) the site approved before. Returns a list of Decisions.
+    (``endorser/uuid``) the site approved before; ``incumbents`` those a host already holds (they win
+    identifier conflicts on that host, but do not count as approved before). Returns a list of Decisions.
     """
     known = frozenset(item for item in known)
     decisions = []
@@ -259,7 +268,7 @@ def evaluate(policy, verified_lists, known=(), now=None):
             else:
                 decision = _decide(policy, candidate, known)
             decisions.append(decision)
-    _refuse_conflicts(decisions, known)
+    _refuse_conflicts(decisions, known | frozenset(incumbents))
     return decisions
 
 
@@ -288,7 +297,7 @@ def _refuse_conflicts(decisions, known):
         endorsers = sorted(set(d.candidate.endorser or "" for d in approved))
         if len(endorsers) < 2:
             continue
-        incumbents = [d for d in approved if d.candidate.identity in known]
+        incumbents = [d for d in approved if d.candidate.identity in known]  # exact identities only, never "*/uuid"
         for decision in approved:
             if incumbents and decision in incumbents and len(incumbents) == 1:
                 decision.reasons.append("identifier conflict: also listed by endorser(s) %s; kept for %s, approved before"

@@ -161,3 +161,17 @@ def test_selection_by_scope_hypervisor_and_arch():
 def test_malformed_policy_refused(spec, reason):
     with pytest.raises(PolicyError, match=reason):
         Policy(spec)
+
+
+def test_legacy_approved_set_uuid_counts_for_any_endorser():
+    """An approved set of an earlier release (bare UUIDs, read as */uuid) keeps new_images refuse from withdrawing everything."""
+    spec = {"new_images": "refuse", "rules": [{"action": "approve", "endorser": "cern"}]}
+    assert approved(spec, known=["*/" + U1]) == [U1]
+
+
+def test_known_images_option_validated():
+    from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import check_known  # pylint: disable=import-outside-toplevel
+    assert check_known(["cern/" + U1, U2]) == frozenset(["cern/" + U1, "*/" + U2])
+    for bad in (["../" + U1], ["cern/not-a-uuid"], "cern/" + U1, [5]):
+        with pytest.raises(PolicyError):
+            check_known(bad)

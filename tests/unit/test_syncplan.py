@@ -120,3 +120,13 @@ def test_withdrawn_download_planned_for_discard(tmp_path):
     plan = plan_sync([verdict("cern", LIST_A, [image(U1)])], APPROVE_ALL, {}, store)
     assert plan.to_dict()["discard"] == ["%s 1" % U2]
     assert [(p.identifier, p.version) for p in plan.add] == [(U1, "1")]
+
+
+def test_identifier_squatting_without_approved_set_retire_refused(tmp_path):
+    """No approved set on record: the image this host holds still keeps its identifier against a newcomer."""
+    store = ImageStore(str(tmp_path / "images"))
+    hold(store, U1, "1", "cern", LIST_A)
+    squat = image(U1, version="2", title="impostor")
+    verdicts = [verdict("cern", LIST_A, [image(U1)]), verdict("desy", LIST_B, [squat])]
+    plan = plan_sync(verdicts, APPROVE_ALL, {}, store, known=())
+    assert held_pairs(plan.keep) == [(U1, "1")] and plan.retire == [] and plan.add == []

@@ -35,3 +35,18 @@ PY
 
 export ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_INVENTORY_UNPARSED_WARNING=false ANSIBLE_NOCOLOR=1
 ansible-playbook -i localhost, -c local roundtrip.yml -e "@${tmp}/vars.json" -e "ansible_python_interpreter=$(command -v python)" --diff
+
+# new_images refuse without a recorded approved set fails before any host is touched (it would
+# withdraw every image); with accept a missing set changes nothing.
+playbooks="${root}/playbooks"
+if ansible-playbook -i localhost, -c local "${playbooks}/approved_set.yml" -e "ansible_python_interpreter=$(command -v python)" \
+        -e '{"vmic_policy": {"new_images": "refuse"}}' -e "vmic_policy_state_dir=${tmp}/no-such-dir" >"${tmp}/refuse.log" 2>&1; then
+    echo "approved_set.yml passed with new_images refuse and no approved set" >&2
+    exit 1
+fi
+grep -q "there is no approved set" "${tmp}/refuse.log"
+ansible-playbook -i localhost, -c local "${playbooks}/approved_set.yml" -e "ansible_python_interpreter=$(command -v python)" \
+    -e '{"vmic_policy": {"new_images": "accept"}}' -e "vmic_policy_state_dir=${tmp}/no-such-dir" >"${tmp}/accept.log" 2>&1
+ansible-playbook -i localhost, -c local "${playbooks}/approved_set.yml" -e "ansible_python_interpreter=$(command -v python)" \
+    -e '{"vmic_policy": {"new_images": "refuse"}}' -e "vmic_policy_state_dir=${tmp}/policy" >"${tmp}/known.log" 2>&1
+echo "approved_set.yml: refuse without an approved set fails; accept without one and refuse with one pass"
