@@ -307,11 +307,28 @@ def _check_date(body, key, where, reasons):
         reasons.append("%s %s is %r, not a YYYY-MM-DDTHH:MM:SSZ date" % (where, key, value))
 
 
-def _check_version(value, where, reasons):
+# An image's hv:version names a directory of the image store, beside <version>.json, <version>.torrent
+# and the ``current`` link: a version that looks like one of those would collide with them.
+STORE_RESERVED_VERSIONS = ("current",)
+STORE_RESERVED_SUFFIXES = (".json", ".torrent")
+
+
+def image_version_problem(version):
+    """Why ``version`` cannot name an image version in the store, or None."""
+    if not _VERSION_RE.match(version) or version in (".", ".."):
+        return "is not a version string"
+    if version in STORE_RESERVED_VERSIONS or version.endswith(STORE_RESERVED_SUFFIXES):
+        return "is reserved by the image store (current, *.json, *.torrent)"
+    return None
+
+
+def _check_version(value, where, reasons, image=False):
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         reasons.append("%s hv:version must be a string, not %s" % (where, type(value).__name__))
     elif not _VERSION_RE.match(str(value)):
         reasons.append("%s hv:version %r is not a version string" % (where, value))
+    elif image and image_version_problem(str(value)):
+        reasons.append("%s hv:version %r %s" % (where, value, image_version_problem(str(value))))
 
 
 def _check_endorsers(body, reasons):
@@ -383,7 +400,7 @@ def _check_image(index, item, reasons, seen):
     if "hv:size" in item:
         _check_size(item["hv:size"], where, reasons)
     if "hv:version" in item:
-        _check_version(item["hv:version"], where, reasons)
+        _check_version(item["hv:version"], where, reasons, image=True)
     if "dc:date:expires" in item:
         _check_date(item, "dc:date:expires", where, reasons)
     if _is_string(item.get(TORRENT_URI)) and not _TORRENT_URL_RE.match(item[TORRENT_URI]):

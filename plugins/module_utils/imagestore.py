@@ -33,6 +33,7 @@ from stat import S_ISREG
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import fsync_dir, read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import image_version_problem
 
 PARTIAL = ".partial"
 META_SUFFIX = ".json"
@@ -42,7 +43,6 @@ CURRENT = "current"
 HASH_CHUNK = 4 * 1024 * 1024
 MAX_META_BYTES = 1024 * 1024
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+:~_-]{0,63}$")
 
 
 def file_digest(path):
@@ -201,8 +201,9 @@ def check_file(path, sha512, size, what):
 def _check_names(identifier, version):
     if not _UUID_RE.match(identifier):
         raise StoreError("image identifier %r is not a lower-case UUID" % (identifier,))
-    if not _VERSION_RE.match(version) or version in (".", ".."):
-        raise StoreError("image %s: version %r cannot name a directory" % (identifier, version))
+    problem = image_version_problem(version)
+    if problem:
+        raise StoreError("image %s: version %r cannot name a directory: it %s" % (identifier, version, problem))
 
 
 class StoredImage(object):
@@ -450,6 +451,6 @@ class ImageStore(object):
                 continue
             for version in sorted(os.listdir(directory)):
                 path = os.path.join(directory, version)
-                if _VERSION_RE.match(version) and version not in (".", "..") and os.path.isdir(path) and not os.path.islink(path):
+                if image_version_problem(version) is None and os.path.isdir(path) and not os.path.islink(path):
                     found.append((identifier, version))
         return found
