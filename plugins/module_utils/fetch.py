@@ -198,6 +198,9 @@ def _read_url(src, max_bytes, deadline, ca_file, allow_http, what):
         if deadline.expired:
             raise too_slow()
         raise FetchError("%s %s: %s" % (what, src, getattr(exc, "reason", None) or exc))
+    except (ValueError, UnicodeError, OverflowError) as exc:
+        # A hostile server's Location or headers can make the URL parser raise: a refusal, not a crash.
+        raise FetchError("%s %s: malformed answer from the server: %s" % (what, src, exc))
     try:
         declared = response.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > max_bytes:
@@ -221,6 +224,8 @@ def _read_url(src, max_bytes, deadline, ca_file, allow_http, what):
         if deadline.expired:
             raise too_slow()
         raise FetchError("%s %s: %s" % (what, src, exc))
+    except (ValueError, UnicodeError, OverflowError) as exc:
+        raise FetchError("%s %s: malformed answer from the server: %s" % (what, src, exc))
     finally:
         response.close()
 

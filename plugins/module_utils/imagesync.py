@@ -22,7 +22,7 @@ import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, FetchError, LimitError, StoreError, TorrentError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, MissingDependencyError, StoreError, TorrentError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, check_file, secure_file
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
@@ -150,7 +150,10 @@ def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, reco
             verdict = verify_image_list(envelope, source, trust, registry, state=state, expected_identifier=subscription["identifier"],
                                         expected_endorser=subscription["endorser"], allow_legacy_digests=allow_legacy_digests,
                                         record=record).to_result()
-        except (FetchError, LimitError) as exc:
+        except MissingDependencyError:
+            raise
+        except VmicError as exc:
+            # Unreachable, too slow, too large, a corrupt state file: this list is refused, the others go on.
             verdict = {"source": source, "valid": False, "revoked": False, "reasons": [str(exc)], "images": [], "metadata": None}
         verdict["subscription"] = subscription
         verdicts.append(verdict)

@@ -242,3 +242,12 @@ def test_local_path_torrent_refused(tmp_path):
     for src in (str(path), "file://" + str(path)):
         with pytest.raises(FetchError, match="torrent .*(local path is refused|only local paths and https)"):
             fetch_bytes(src, 1024, what="torrent", allow_local=False)
+
+
+@pytest.mark.parametrize("location", ["https://[::1/x", "https://h\u00e9:99999999/x"])
+def test_malformed_redirect_crash_refused(pki, https, location):
+    """A hostile Location header is a refusal with the URL named, never a traceback."""
+    url = https.redirect("broken", location)
+    with pytest.raises(FetchError) as caught:
+        fetch_bytes(url, 1024, timeout=3, ca_file=pki.root.cert_path, what="image list")
+    assert url in str(caught.value)

@@ -129,3 +129,22 @@ def test_forged_revocation_signal_replay_after_rekey_refused(site):
     replay = verify(site, sign(pki.revoked, encode(document(pki.revoked, version="4")), check=False), expected_endorser="victim",
                     expected_identifier=LIST_ID)
     assert not replay.valid and not replay.revoked
+
+
+def test_one_corrupt_state_file_blocks_every_list_refused(site, tmp_path):
+    """A corrupt state file refuses its own list; the other subscriptions are still judged."""
+    from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import verify_lists  # pylint: disable=import-outside-toplevel
+    pki = site["pki"]
+    victim = tmp_path / "victim.list"
+    victim.write_bytes(victim_list(site))
+    other = tmp_path / "other.list"
+    other.write_bytes(sign(pki.other, encode(document(pki.other, **{"dc:identifier": OTHER_LIST}))))
+    (site["state_dir"] / "victim").mkdir()
+    (site["state_dir"] / "victim" / (LIST_ID + ".json")).write_text("{corrupt")
+    site["registry"] = EndorserRegistry([{"name": "victim", "dn": pki.good.dn, "ca": pki.good.issuer_dn},
+                                         {"name": "attacker", "dn": pki.other.dn, "ca": pki.other.issuer_dn}])
+    verdicts = verify_lists([{"src": str(victim), "endorser": "victim", "identifier": LIST_ID},
+                             {"src": str(other), "endorser": "attacker", "identifier": OTHER_LIST}],
+                            site["trust"], site["registry"], site["state"])
+    assert [v["valid"] for v in verdicts] == [False, True]
+    assert "unreadable" in verdicts[0]["reasons"][0] and verdicts[0]["subscription"]["endorser"] == "victim"
