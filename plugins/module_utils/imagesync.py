@@ -327,6 +327,26 @@ def _stale_partial(store, plan, directory):
     return None
 
 
+def _orphan_final(store, directory):
+    """(identifier, version) when ``directory`` is a final directory of a version the store does not hold.
+
+    Only an interrupted commit leaves one (the file is moved before its metadata is written): its file
+    was never visible in the store, so it may be taken back or removed.
+    """
+    if not directory:
+        return None
+    parent, version = os.path.split(os.path.normpath(directory))
+    root, identifier = os.path.split(parent)
+    if not _same_dir(root, store.store_dir):
+        return None
+    try:
+        if not _same_dir(store.final_dir(identifier, version), directory):
+            return None
+    except StoreError:
+        return None
+    return None if store.find(identifier, version) is not None else (identifier, version)
+
+
 def _start_download(plan, store, engine, planned, data, meta, owner):
     """Hand a torrent to the engine, saving into this image's download directory; return None or why not.
 
@@ -340,10 +360,11 @@ def _start_download(plan, store, engine, planned, data, meta, owner):
     current = _engine_status(engine, key)
     if current is not None and not _same_dir(current.get("save_dir"), partial):
         stale = _stale_partial(store, plan, current.get("save_dir"))
-        if stale is None:
+        orphan = _orphan_final(store, current.get("save_dir")) if stale is None else None
+        if stale is None and orphan is None:
             return ("image %s: the engine already holds its torrent %s in %s, not in its download directory %s; "
                     "nothing was downloaded or deleted" % (planned.describe(), key, current.get("save_dir"), partial))
-        stale_dir = store.partial_dir(*stale)
+        stale_dir = store.partial_dir(*stale) if stale is not None else store.final_dir(*orphan)
         engine.remove(key, delete_files=False, save_dir=stale_dir, name=meta.name)
         source, target = os.path.join(stale_dir, meta.name), os.path.join(partial, meta.name)
         if os.path.isfile(source) and not os.path.islink(source) and not os.path.lexists(target):
@@ -515,6 +536,8 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
                     failures.append(reason)
     for planned in plan.add if commit else ():
         target = os.path.join(store.final_dir(planned.identifier, planned.version), planned.name)
+        if os.path.lexists(target) and not os.path.isdir(target) and _orphan_final(store, os.path.dirname(target)):
+            os.unlink(target)   # left by an interrupted commit: never in the store, never visible
         if os.path.lexists(target):
             failures.append("image %s: %s already exists, though the store does not hold this version" % (planned.describe(), target))
     if failures:

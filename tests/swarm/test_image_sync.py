@@ -194,6 +194,11 @@ def test_reendorsed_same_bytes_keeps_committed_image(make_swarm, pki):
     with open(os.path.join(swarm.repo_dir, "lists", "site.list"), "rb") as handle:
         publish(swarm, pki, [(IMAGE_A, "Disk A", "disk-a.img", "2")], existing=handle.read())
     busy_node, idle_node = swarm.peers
+    # An interrupted commit on one host left a file in v2's directory without metadata: never in the store.
+    leftover = os.path.join(idle_node.store_dir, IMAGE_A, "2", "disk-a.img")
+    os.makedirs(os.path.dirname(leftover))
+    with open(leftover, "wb") as handle:
+        handle.write(b"half-committed")
     with open(v1[busy_node.name], "rb") as vm:          # a VM runs from v1 on one host
         results = run_everywhere(swarm, pki, APPROVE_ALL)
         for node in swarm.peers:
