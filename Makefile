@@ -6,6 +6,7 @@
 #   make swarm        pytest tests/swarm: engines in network namespaces on this machine (root)
 #   make sanity       ansible-test sanity on a fresh copy of the working tree (tests/tools/ansible-test-sanity.sh)
 #   make lint         ansible-lint, profile and offline settings in .ansible-lint
+#   make tarball      build the collection tarball, install it into an empty path, ansible-doc every module and role
 #   make integration  every tests/integration/targets/*/run.sh (tests/integration/run.sh)
 #   make fleet        pytest tests/fleet: the systemd-nspawn test fleet (root)
 #   make molecule     molecule test --all (extensions/molecule, on the test fleet)
@@ -42,7 +43,7 @@ SANITY_ARGS ?=
 LINT_ARGS ?=
 INTEGRATION_ARGS ?=
 
-TEST_TARGETS := units sanity lint swarm integration fleet molecule
+TEST_TARGETS := units sanity lint tarball swarm integration fleet molecule
 
 # The tools of the venv come first for every recipe and every script they start.
 export PATH := $(VENV_BIN):$(PATH)
@@ -53,7 +54,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_DIR)
 export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv collection-link units swarm sanity lint integration fleet molecule bench demo demo-clean clean distclean
+.PHONY: test venv collection-link units swarm sanity lint tarball integration fleet molecule bench demo demo-clean clean distclean
 
 test: $(TEST_TARGETS)
 	@echo "make test: all of $(TEST_TARGETS) passed"
@@ -85,6 +86,11 @@ sanity: $(VENV_STAMP)
 
 lint: $(VENV_STAMP) collection-link
 	cd "$(ROOT)" && "$(VENV_BIN)/ansible-lint" $(LINT_ARGS)
+
+# The collection as users get it: changelog lint, ansible-galaxy collection build, install into an
+# empty collections path, ansible-doc on every module and role (tests/tools/tarball-check.sh).
+tarball: $(VENV_STAMP)
+	"$(ROOT)/tests/tools/tarball-check.sh"
 
 integration: $(VENV_STAMP) collection-link
 	"$(ROOT)/tests/integration/run.sh" $(INTEGRATION_ARGS)
