@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import time
-from stat import S_ISREG
+from stat import S_ISLNK, S_ISREG
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import fsync_dir, read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError
@@ -338,6 +338,27 @@ class ImageStore(object):
                 os.lchown(path, 0, 0)
             os.chmod(path, 0o755)
         return final
+
+    def take_ownership(self, image):
+        """Make a held image root's and read-only (file 0444, directories 0755) when it is not already.
+
+        Stores of earlier releases left images and their directories to an engine's own user (rtorrent), who
+        could then rewrite or replace them. Returns True when something was changed.
+        """
+        directory = self.final_dir(image.identifier, image.version)
+        changed = False
+        for path, mode in ((os.path.dirname(directory), 0o755), (directory, 0o755), (image.path, 0o444)):
+            stat = os.lstat(path)
+            if S_ISLNK(stat.st_mode):
+                raise StoreError("image %s %s: %s is a symbolic link" % (image.identifier, image.version, path))
+            wrong_owner = os.geteuid() == 0 and (stat.st_uid, stat.st_gid) != (0, 0)
+            if wrong_owner or (stat.st_mode & 0o7777) != mode:
+                changed = True
+                if path == image.path:
+                    secure_file(path, "image %s %s" % (image.identifier, image.version))
+                else:
+                    self.make_final_dir(image.identifier, image.version)
+        return changed
 
     def commit(self, identifier, version, name, meta, torrent=None):
         """Publish a verified image: make it root's and read-only, write its metadata, switch ``current``.

@@ -530,8 +530,14 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
         for planned in plan.add:
             if planned.source is not None:
                 planned.finished = time.time()
-                reason = check_file(planned.source.path, planned.sha512, planned.size, "image %s: held image %s %s with the same bytes"
-                                    % (planned.describe(), planned.source.identifier, planned.source.version))
+                what = "image %s: held image %s %s with the same bytes" % (planned.describe(), planned.source.identifier, planned.source.version)
+                try:
+                    # root's and read-only before it is hashed (stores of earlier releases left images to the
+                    # engine's user), so the bytes checked are the bytes linked
+                    secure_file(planned.source.path, what)
+                    reason = check_file(planned.source.path, planned.sha512, planned.size, what)
+                except StoreError as exc:
+                    reason = str(exc)
                 if reason:
                     failures.append(reason)
     for planned in plan.add if commit else ():

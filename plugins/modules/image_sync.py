@@ -290,6 +290,10 @@ def main():
                                     commit=not downloading, owner=engine_owner(params["engine"]), allow_http=params["allow_http"])
         if not downloading:
             result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
+            for image in plan.keep:
+                if store.take_ownership(image):
+                    module.warn("image %s %s was writable by others (an earlier release's store); it is root's and read-only now: "
+                                "check it with image_info verify" % (image.identifier, image.version))
         if result["in_use"]:
             module.warn("images kept because a process holds them open: %s"
                         % ", ".join("%s %s" % (item["identifier"], item["version"]) for item in result["in_use"]))

@@ -186,3 +186,20 @@ def test_image_info_verify_reports_corrupt_image(tmp_path):
     result = run()
     assert result["failed"] and [item["path"] for item in result["corrupt"]] == [image.path]
     assert "no longer match" in result["msg"] and "sha512" in result["msg"]
+
+
+def test_engine_user_owned_held_image_rewrite_refused(tmp_path):
+    """A held image left to an engine's user by an earlier release is taken back: root's, 0444, in 0755 directories."""
+    store = ImageStore(str(tmp_path / "images"))       # as root, like image_sync on a hypervisor
+    store.ensure()
+    image = commit(store)
+    directory = os.path.dirname(image.path)
+    for path in (os.path.dirname(directory), directory, image.path):
+        os.chown(path, 65534, 65534)
+    os.chmod(directory, 0o775)
+    os.chmod(image.path, 0o664)
+    assert store.take_ownership(image)
+    for path, mode in ((os.path.dirname(directory), 0o755), (directory, 0o755), (image.path, 0o444)):
+        stat = os.stat(path)
+        assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o7777) == (0, 0, mode), path
+    assert not store.take_ownership(image)
