@@ -10,8 +10,11 @@ the signer's certificate and issuing CA), so a list signed by one endorser can n
 of another endorser's list, even when it carries the same list UUID: a foreign list claiming
 another's UUID with a huge version cannot freeze that catalogue.
 
-State files of earlier releases (``<uuid>.json`` directly in the state directory) are not read: they
-were not bound to an endorser. The first list accepted after an upgrade sets the new floor.
+State files of earlier releases (``<uuid>.json`` directly in the state directory) were not bound to an
+endorser. Until a list of the subscription is accepted again, such a file is still the floor for the
+list fetched from the same source it records, so an upgrade opens no window for a replayed older list.
+A catalogue frozen by the earlier release's flaw shows as refused (rollback): check it, then remove
+that file.
 """
 
 from __future__ import annotations
@@ -49,9 +52,20 @@ class ListStateStore(object):
             raise StateError("list identifier %r is not a lower-case UUID" % (identifier,))
         return os.path.join(self.state_dir, endorser, "%s.json" % identifier)
 
-    def get(self, endorser, identifier):
-        """The stored record for a list of ``endorser``, or None when none was accepted yet."""
-        path = self._path(endorser, identifier)
+    def get(self, endorser, identifier, source=None):
+        """The stored record for a list of ``endorser``, or None when none was accepted yet.
+
+        With ``source``, an earlier release's record of the same list UUID fetched from that source stands
+        in until the first record of this release is written.
+        """
+        record = self._read(self._path(endorser, identifier))
+        if record is None and source is not None:
+            legacy = self._read(os.path.join(self.state_dir, "%s.json" % identifier))
+            if legacy is not None and legacy.get("source") == source:
+                return legacy
+        return record
+
+    def _read(self, path):
         if not os.path.exists(path):
             return None
         try:
@@ -62,9 +76,9 @@ class ListStateStore(object):
             raise StateError("state file %s lacks version or sha256" % path)
         return record
 
-    def rollback_reason(self, endorser, identifier, version, sha256):
+    def rollback_reason(self, endorser, identifier, version, sha256, source=None):
         """Why accepting ``version`` with payload digest ``sha256`` would be a rollback or replay, or None."""
-        record = self.get(endorser, identifier)
+        record = self.get(endorser, identifier, source)
         if record is None:
             return None
         order = compare_versions(version, record["version"])

@@ -143,7 +143,7 @@ def _definitely_revoked(signature, source, trust, registry, state, expected_endo
     if expected_identifier is not None and image_list.identifier != expected_identifier.lower():
         return False
     if state is not None:
-        previous = state.get(endorser.name, image_list.identifier)
+        previous = state.get(endorser.name, image_list.identifier, source)
         if previous is not None and compare_versions(image_list.version, previous["version"]) < 0:
             return False
     return True
@@ -201,9 +201,9 @@ def verify_image_list(envelope, source, trust, registry, state=None, now=None, e
         verdict.refuse("expires %s before it was created %s" % (image_list.expires, image_list.created))
 
     if state is not None and endorser is not None:
-        previous = state.get(endorser.name, image_list.identifier)
+        previous = state.get(endorser.name, image_list.identifier, source)
         verdict.previous_version = previous["version"] if previous else None
-        rollback = state.rollback_reason(endorser.name, image_list.identifier, image_list.version, verdict.sha256)
+        rollback = state.rollback_reason(endorser.name, image_list.identifier, image_list.version, verdict.sha256, source)
         if rollback:
             verdict.refuse(rollback)
 

@@ -148,3 +148,18 @@ def test_one_corrupt_state_file_blocks_every_list_refused(site, tmp_path):
                             site["trust"], site["registry"], site["state"])
     assert [v["valid"] for v in verdicts] == [False, True]
     assert "unreadable" in verdicts[0]["reasons"][0] and verdicts[0]["subscription"]["endorser"] == "victim"
+
+
+def test_upgrade_window_rollback_refused(site):
+    """A record of an earlier release (<uuid>.json, from the same source) is still the floor after an upgrade."""
+    (site["state_dir"] / (LIST_ID + ".json")).write_text(
+        '{"identifier": "%s", "version": "5", "sha256": "%s", "source": "%s"}' % (LIST_ID, "0" * 64, SOURCE))
+    replay = verify(site, victim_list(site, version="4"), expected_endorser="victim", expected_identifier=LIST_ID)
+    assert not replay.valid and "rollback" in " ".join(replay.reasons)
+    newer = verify(site, victim_list(site, version="6"), expected_endorser="victim", expected_identifier=LIST_ID)
+    assert newer.valid and newer.previous_version == "5", newer.reasons
+    # the earlier release's record of another source is no floor for this one
+    (site["state_dir"] / (OTHER_LIST + ".json")).write_text(
+        '{"identifier": "%s", "version": "9", "sha256": "%s", "source": "https://elsewhere.test/x.list"}' % (OTHER_LIST, "0" * 64))
+    own = sign(site["pki"].other, encode(document(site["pki"].other, **{"dc:identifier": OTHER_LIST})))
+    assert verify(site, own, source=OTHER_SOURCE, expected_endorser="attacker").valid
