@@ -94,11 +94,11 @@ echo "== contents: users' files in, development files out"
 tar -tzf "${TARBALL}" | sed 's#^\./##' | LC_ALL=C sort >"${WORK}/contents.txt"
 # Directory and file patterns (extended regular expressions on the paths inside the tarball) that
 # must not be there: the venv, scratch and test output, caches, tests, the test fleet, molecule,
-# the demo and its inventory, the benchmark, CI and tool configuration, build leftovers.
-forbidden='^(\.venv|\.tmp|\.cache|\.ansible|\.pytest_cache|\.mypy_cache|\.tox|\.git|\.ci|\.github|tests|extensions|demo|bench|inventory/demo)(/|$)'
+# the demo and its inventory, the benchmark, CI and tool configuration, tarballs built earlier.
+forbidden='^(dist|\.venv|\.tmp|\.cache|\.ansible|\.pytest_cache|\.mypy_cache|\.tox|\.git|\.ci|\.github|tests|extensions|demo|bench|inventory/demo)(/|$)'
 forbidden+='|(^|/)(__pycache__)(/|$)|\.(pyc|pyo|log|swp|orig|rej)$|~$'
 forbidden+='|^(\.gitignore|\.ansible-lint|\.ansible-lint-ignore|Makefile|pytest\.ini|changelogs/\.plugin-cache\.yaml)$'
-forbidden+="|^${NAMESPACE}-${NAME}-.*\.tar\.gz$"
+forbidden+='|\.tar\.gz$'
 if grep -E "${forbidden}" "${WORK}/contents.txt" >"${WORK}/forbidden.txt"; then
     echo "tarball-check: the tarball holds development files (add them to build_ignore in galaxy.yml):" >&2
     sed 's/^/    /' "${WORK}/forbidden.txt" >&2
