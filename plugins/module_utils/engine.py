@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import socket
+import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
 
@@ -91,11 +92,12 @@ class LibtorrentEngineClient(Engine):
             raise EngineError("engine %s: %s request of %d bytes exceeds the limit of %d" % (self.socket_path, op, len(line), MAX_REQUEST_BYTES))
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
+        deadline = time.monotonic() + self.timeout
         try:
             try:
                 sock.connect(self.socket_path)
                 sock.sendall(line)
-                reply = self._read_line(sock)
+                reply = self._read_line(sock, deadline)
             except socket.timeout:
                 raise EngineError("engine %s: no answer to %s within %s s" % (self.socket_path, op, self.timeout))
             except OSError as exc:
@@ -112,10 +114,15 @@ class LibtorrentEngineClient(Engine):
             raise EngineError("engine %s: %s: %s" % (self.socket_path, op, response.get("error") or "unknown error"))
         return response
 
-    def _read_line(self, sock):
+    def _read_line(self, sock, deadline):
+        """One response line, within the request's total deadline (an engine that trickles bytes is cut off)."""
         chunks = []
         total = 0
         while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout()
+            sock.settimeout(remaining)
             chunk = sock.recv(65536)
             if not chunk:
                 raise EngineError("engine %s: connection closed before a complete response" % self.socket_path)

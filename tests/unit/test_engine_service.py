@@ -592,3 +592,38 @@ def test_download_withdrawn_before_activation_discarded_and_not_seeded(engines, 
     assert retired == [{"identifier": IMAGE_A, "version": "1", "action": "discarded download"}]
     assert node.client.status() == [] and not os.path.exists(partial) and store.images() == []
     assert sha512(image["path"]) == image["sha512"]
+
+
+def test_slow_engine_answer_refused(tmp_path):
+    """A socket that answers one byte at a time cannot hold image_sync: the request has a total deadline."""
+    path = str(tmp_path / "slow.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    stop = threading.Event()
+
+    def trickle():
+        conn, _addr = server.accept()
+        try:
+            conn.recv(65536)
+            for byte in b'{"ok": true, "torrents": []}' * 100:
+                if stop.is_set():
+                    break
+                conn.sendall(bytes([byte]))
+                time.sleep(0.1)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(EngineError, match="no answer to status within 2 s"):
+            LibtorrentEngineClient(path, timeout=2).status()
+        assert time.monotonic() - started < 4
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
