@@ -277,8 +277,15 @@ def _engine_owned_dir(path, mode, owner):
 
 
 def engine_owner(spec):
-    """(uid, gid) of the engine's ``user`` from the engine spec, or None when it runs as root."""
+    """(uid, gid) of the engine's ``user`` from the engine spec, or None when it runs as root.
+
+    rtorrent always runs as its own user (the rtorrent role): without ``user`` its images would be moved
+    by the engine itself and never hashed again after the move, so the spec is refused.
+    """
     user = (spec or {}).get("user")
+    if (spec or {}).get("kind") == "rtorrent" and (not user or user == "root"):
+        raise EngineError("engine rtorrent: give engine.user, the user rtorrent runs as (the rtorrent role's: rtorrent); "
+                          "images are then taken from it, re-hashed and made root's before they enter the store")
     if not user or user == "root":
         return None
     import pwd  # pylint: disable=import-outside-toplevel

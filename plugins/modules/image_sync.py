@@ -111,8 +111,9 @@ options:
   engine:
     description:
       - The engine to use - C(kind) (V(libtorrent) or V(rtorrent)), C(socket) (its control socket) and,
-        for an engine that does not run as root (rtorrent), C(user) - the image's download and final
-        directories are handed to that user.
+        for an engine that does not run as root, C(user) (required for V(rtorrent)) - only the image's
+        download directory is handed to that user; root takes the finished file from it, hashes it again
+        and commits it root's and read-only, and the engine seeds it from there.
     type: dict
     default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
   phase:

@@ -8,8 +8,11 @@ end to end in tests/swarm/test_image_sync.py.
 
 import os
 
+import pytest
+
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
-from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import plan_sync
+from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import engine_owner, plan_sync
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy
 
 LIST_A = "11111111-1111-4111-8111-111111111111"
@@ -130,3 +133,11 @@ def test_identifier_squatting_without_approved_set_retire_refused(tmp_path):
     verdicts = [verdict("cern", LIST_A, [image(U1)]), verdict("desy", LIST_B, [squat])]
     plan = plan_sync(verdicts, APPROVE_ALL, {}, store, known=())
     assert held_pairs(plan.keep) == [(U1, "1")] and plan.retire == [] and plan.add == []
+
+
+def test_rtorrent_without_user_refused():
+    """rtorrent's images must be taken from its user and hashed again: a spec without that user is refused."""
+    for spec in ({"kind": "rtorrent", "socket": "/run/rtorrent/rpc.sock"}, {"kind": "rtorrent", "user": "root"}):
+        with pytest.raises(EngineError, match="give engine.user"):
+            engine_owner(spec)
+    assert engine_owner({"kind": "libtorrent"}) is None
