@@ -223,10 +223,17 @@ def plan_sync(verdicts, policy, profile, store, known=()):
         else:
             plan.retire.append(stored)
     kept = set((s.identifier, s.version) for s in plan.keep)
+    retiring = set((s.identifier, s.version) for s in plan.retire)
     held_by = dict((s.identifier, s.meta.get("endorser")) for s in plan.held)
     plan.add = []
     for planned in plan.desired:
         if (planned.identifier, planned.version) in kept:
+            continue
+        if (planned.identifier, planned.version) in retiring:
+            # The store's place for it is taken by the held image being retired (another endorser's, or other
+            # bytes): that one goes first, this one comes with the next run.
+            plan.conflicts.append("image %s of endorser %s deferred to the next run: the store holds %s %s, retired in this run"
+                                  % (planned.describe(), planned.endorser, planned.identifier, planned.version))
             continue
         if planned.identifier in held_by and held_by[planned.identifier] != planned.endorser:
             plan.conflicts.append("image %s of endorser %s not added: the store holds identifier %s of endorser %s, whose list is refused"

@@ -141,3 +141,14 @@ def test_rtorrent_without_user_refused():
         with pytest.raises(EngineError, match="give engine.user"):
             engine_owner(spec)
     assert engine_owner({"kind": "libtorrent"}) is None
+
+
+def test_same_identifier_and_version_from_new_endorser_deferred(tmp_path):
+    """cern withdrew U1 v1 and desy lists its own U1 v1: the held one is retired first, desy's comes next run."""
+    store = ImageStore(str(tmp_path / "images"))
+    hold(store, U1, "1", "cern", LIST_A)
+    theirs = image(U1)
+    theirs["sl:checksum:sha512"] = "f" * 128
+    plan = plan_sync([verdict("cern", LIST_A, []), verdict("desy", LIST_B, [theirs])], APPROVE_ALL, {}, store)
+    assert held_pairs(plan.retire) == [(U1, "1")] and plan.add == []
+    assert "deferred to the next run" in plan.conflicts[0]
