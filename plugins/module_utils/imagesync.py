@@ -103,7 +103,7 @@ class SyncPlan(object):
         self.held = []
         self.refused = []
         self.conflicts = []
-        self.stale_downloads = []
+        self.stale_downloads = None      # (identifier, version) of downloads no image to add uses; plan_sync sets it
 
     def to_dict(self):
         """Plain data: identifiers and versions of each action, refused lists and what they hold back."""
@@ -114,7 +114,7 @@ class SyncPlan(object):
             "held": ["%s %s" % (s.identifier, s.version) for s in self.held],
             "refused": [dict(item) for item in self.refused],
             "conflicts": list(self.conflicts),
-            "discard": ["%s %s" % pair for pair in self.stale_downloads],
+            "discard": ["%s %s" % pair for pair in self.stale_downloads or ()],
         }
 
     def diff(self):
@@ -240,9 +240,14 @@ def plan_sync(verdicts, policy, profile, store, known=()):
                                   % (planned.describe(), planned.endorser, planned.identifier, held_by[planned.identifier]))
             continue
         plan.add.append(planned)
-    adding = set((p.identifier, p.version) for p in plan.add)
-    plan.stale_downloads = [pair for pair in store.partials() if pair not in adding]
+    plan.stale_downloads = _stale_downloads(plan, store)
     return plan
+
+
+def _stale_downloads(plan, store):
+    """(identifier, version) of the store's download directories that no image to add uses."""
+    adding = set((p.identifier, p.version) for p in plan.add)
+    return [pair for pair in store.partials() if pair not in adding]
 
 
 def _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http=False):
@@ -676,7 +681,7 @@ def _stop_seeding(store, engine, image, remaining):
 def discard_stale_downloads(plan, store, engine):
     """Delete download directories that no image to add uses (withdrawn or re-versioned before activation);
     the engine forgets their torrents first (never deleting data itself). Returns what was discarded."""
-    stale = plan.stale_downloads
+    stale = _stale_downloads(plan, store) if plan.stale_downloads is None else plan.stale_downloads
     if not stale:
         return []
     statuses = engine.status() if engine is not None else []
