@@ -99,7 +99,7 @@ def _check_identity(verdict, signature, image_list):
         verdict.refuse("signer issuer %s is not hv:ca %s" % (signature.issuer_dn, " or ".join(e.ca for e in endorsers)))
 
 
-def _check_endorsement(verdict, signature, registry, trust, source, expected_endorser):
+def _check_endorsement(verdict, signature, registry, trust, url, expected_endorser):
     """The signer is a trusted endorser, bound to its pinned CA certificate, the subscribed one, for this source.
 
     Returns the endorser, or None (with reasons) when the signer is not one the site trusts here. What a
@@ -116,7 +116,7 @@ def _check_endorsement(verdict, signature, registry, trust, source, expected_end
     if expected_endorser is not None and endorser.name != expected_endorser:
         verdict.refuse("signed by endorser %s, not by %s, the endorser this list is subscribed from" % (endorser.name, expected_endorser))
         return None
-    if endorser.urls and source not in endorser.urls:
+    if endorser.urls and url not in endorser.urls:
         verdict.refuse("endorser %s is not trusted for this catalogue (its catalogues: %s)" % (endorser.name, ", ".join(endorser.urls)))
         return None
     return None if binding else endorser
@@ -150,15 +150,17 @@ def _definitely_revoked(signature, source, trust, registry, state, expected_endo
 
 
 def verify_image_list(envelope, source, trust, registry, state=None, now=None, expected_identifier=None,
-                      allow_legacy_digests=False, record=True, max_bytes=None, expected_endorser=None):
+                      allow_legacy_digests=False, record=True, max_bytes=None, expected_endorser=None, subscribed_url=None):
     """Verify a signed image list (bytes of the S/MIME envelope) and return a :class:`ListVerdict`.
 
     ``trust`` is a truststore.TrustStore, ``registry`` a truststore.EndorserRegistry, ``state`` a
     liststate.ListStateStore or None. ``expected_endorser`` (an endorser name of the registry) and
     ``expected_identifier`` (the list UUID) bind the list to the site's subscription: a list signed by
-    any other endorser, or carrying another UUID, is refused. The version state is kept per (endorser,
-    list UUID), so one endorser's lists never touch another's. ``record=False`` (check mode) never
-    writes state.
+    any other endorser, or carrying another UUID, is refused. ``subscribed_url`` is the URL the site
+    subscribes to when ``source`` is a local copy of it (the publisher checking a list before it is
+    served); the endorser's catalogue URLs are checked against it. The version state is kept per
+    (endorser, list UUID), so one endorser's lists never touch another's. ``record=False`` (check mode)
+    never writes state.
     """
     verdict = ListVerdict(source)
     now = time.time() if now is None else now
@@ -186,7 +188,7 @@ def verify_image_list(envelope, source, trust, registry, state=None, now=None, e
     verdict.image_list = image_list
 
     _check_identity(verdict, signature, image_list)
-    endorser = _check_endorsement(verdict, signature, registry, trust, source, expected_endorser)
+    endorser = _check_endorsement(verdict, signature, registry, trust, subscribed_url or source, expected_endorser)
     if endorser is not None:
         verdict.endorser = endorser.name
 

@@ -163,3 +163,11 @@ def test_upgrade_window_rollback_refused(site):
         '{"identifier": "%s", "version": "9", "sha256": "%s", "source": "https://elsewhere.test/x.list"}' % (OTHER_LIST, "0" * 64))
     own = sign(site["pki"].other, encode(document(site["pki"].other, **{"dc:identifier": OTHER_LIST})))
     assert verify(site, own, source=OTHER_SOURCE, expected_endorser="attacker").valid
+
+
+def test_local_copy_checked_against_subscribed_url(site, tmp_path):
+    """The publisher checks a local copy as a consumer would: the catalogue URL comes from the site, not from the list."""
+    local = str(tmp_path / "site.list")
+    assert verify(site, victim_list(site), source=local, subscribed_url=SOURCE, expected_endorser="victim").valid
+    elsewhere = verify(site, victim_list(site), source=local, subscribed_url="https://mirror.test/x.list", expected_endorser="victim")
+    assert not elsewhere.valid and "not trusted for this catalogue" in " ".join(elsewhere.reasons)
