@@ -32,18 +32,11 @@ requirements:
   - the C(jmespath) Python library for C(jmespath) rules
 options:
   lists:
-    description: Results of M(vmic.fleet.imagelist_verify), one per list.
+    description:
+      - Results of M(vmic.fleet.imagelist_verify), one per list (registered results as they are, for example
+        the C(results) of a loop). Only C(valid), C(endorser), C(metadata), C(images) and C(expired_images) are read.
     type: list
     elements: dict
-    required: true
-  policy:
-    description:
-      - The site policy - C(new_images) (V(accept) or V(refuse), default V(accept)) and C(rules), a list
-        of mappings with C(action) (V(approve) or V(deny)), an optional C(name), criteria (C(endorser),
-        C(identifier), C(vo), C(os), C(osversion), C(arch), C(hypervisor), C(format), C(list),
-        C(jmespath)) and, for approve rules, scope (C(clusters), C(subclusters)). A criterion takes a
-        string or a list of strings (any of them matches); every criterion of a rule must match.
-    type: dict
     required: true
   hosts:
     description:
@@ -71,6 +64,9 @@ attributes:
   diff_mode:
     support: full
     description: Shows the approved set (identifier, version, title) before and after.
+extends_documentation_fragment:
+  - vmic.fleet.policy
+  - vmic.fleet.action_group
 """
 
 EXAMPLES = r"""
@@ -91,39 +87,105 @@ EXAMPLES = r"""
 
 RETURN = r"""
 approved:
-  description: The approved images (signed metadata plus C(vmic:list) and C(vmic:endorser)).
+  description:
+    - The approved images - the signed image metadata (every field, as in RV(vmic.fleet.imagelist_verify#module:images)) plus
+      C(vmic:list) (the list UUID), C(vmic:endorser) (the endorser's name) and C(vmic:scope) (as in RV(decisions[].scope)).
   returned: always
   type: list
   elements: dict
+  sample:
+    - dc:identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
+      dc:title: Debian 12
+      hv:version: "3"
+      sl:os: Linux
+      vmic:list: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+      vmic:endorser: example-it
+      vmic:scope:
+        clusters: [prod]
 decisions:
-  description: One entry per endorsed image - identifier, title, version, list, endorser, approved, reasons, scope.
+  description: One entry per endorsed image of the valid lists, approved or not, with the reasons.
   returned: always
   type: list
   elements: dict
+  contains:
+    identifier:
+      description: The image UUID (lower case).
+      type: str
+    title:
+      description: The image's C(dc:title).
+      type: str
+    version:
+      description: The image's C(hv:version).
+      type: str
+    list:
+      description: UUID of the list the image is in.
+      type: str
+    endorser:
+      description: Name of the endorser that signed that list.
+      type: str
+    approved:
+      description: Whether the policy approves the image.
+      type: bool
+    reasons:
+      description:
+        - Why the image is approved or not - the rules that approve or deny it, V(no approve rule matches),
+          a new image under O(policy.new_images=refuse), an expired image, an identifier conflict.
+      type: list
+      elements: str
+    scope:
+      description:
+        - Where an approved image is selected - C(clusters) and C(subclusters), each a sorted list, present when
+          every approve rule that matches narrows it; absent keys mean everywhere.
+      type: dict
+  sample:
+    - identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
+      title: Debian 12
+      version: "3"
+      list: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+      endorser: example-it
+      approved: true
+      reasons: [approved by approve rule base-images]
+      scope:
+        clusters: [prod]
+    - identifier: 0a1b2c3d-1111-4222-8333-444455556666
+      title: Windows test image
+      version: "7"
+      list: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+      endorser: example-it
+      approved: false
+      reasons: [denied by deny rule no-windows]
+      scope: {}
 selected:
-  description: Per host, the sorted identifiers of the approved images it selects.
+  description: Per host of O(hosts), the sorted identifiers of the approved images it selects.
   returned: always
   type: dict
+  sample:
+    hv01.example.org: [6f1e2d3c-4b5a-4968-8776-655443322110]
+    hv02.example.org: []
 added:
   description: Identities (C(endorser/identifier)) approved now but not in the last run.
   returned: always
   type: list
   elements: str
+  sample: [example-it/6f1e2d3c-4b5a-4968-8776-655443322110]
 removed:
   description: Identities approved in the last run but not now.
   returned: always
   type: list
   elements: str
+  sample: []
 updated:
   description: Identities approved in both runs whose version or checksum changed.
   returned: always
   type: list
   elements: str
+  sample: []
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import ApprovedSetStore, approved_set, check_known
+from ansible_collections.vmic.fleet.plugins.module_utils.argspec import policy_argument_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy, evaluate, select
 
@@ -137,7 +199,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             lists=dict(type="list", elements="dict", required=True),
-            policy=dict(type="dict", required=True),
+            **policy_argument_spec(),
             hosts=dict(type="dict", default={}),
             state_dir=dict(type="path"),
             known_images=dict(type="list", elements="str", default=[]),

@@ -33,10 +33,6 @@ options:
     description: Stop seeding torrents not listed in O(torrents).
     type: bool
     default: false
-  engine:
-    description: The engine - C(kind) and C(socket), as for M(vmic.fleet.image_sync).
-    type: dict
-    default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
 attributes:
   check_mode:
     support: full
@@ -44,6 +40,9 @@ attributes:
   diff_mode:
     support: full
     description: Shows the seeded info-hashes before and after.
+extends_documentation_fragment:
+  - vmic.fleet.engine
+  - vmic.fleet.action_group
 """
 
 EXAMPLES = r"""
@@ -60,20 +59,24 @@ added:
   returned: always
   type: list
   elements: str
+  sample: [3c1f5b0e2a6d4f8e9b7a1c2d3e4f5a6b7c8d9e0f]
 removed:
   description: Keys removed from the engine (O(exclusive)).
   returned: always
   type: list
   elements: str
+  sample: [a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9]
 seeding:
   description: Keys seeded after the run.
   returned: always
   type: list
   elements: str
+  sample: [3c1f5b0e2a6d4f8e9b7a1c2d3e4f5a6b7c8d9e0f]
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.vmic.fleet.plugins.module_utils.argspec import engine_argument_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import engine_from_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.seedplan import seed_changes, torrents_to_seed
@@ -85,7 +88,7 @@ def main():
             torrents=dict(type="list", elements="path", required=True),
             data_dir=dict(type="path", required=True),
             exclusive=dict(type="bool", default=False),
-            engine=dict(type="dict", default={"kind": "libtorrent", "socket": "/run/vmic-engine/engine.sock"}),
+            **engine_argument_spec(),
         ),
         supports_check_mode=True,
     )

@@ -57,28 +57,6 @@ options:
         type: str
         required: true
         aliases: [expected_identifier]
-  ca_path:
-    description: IGTF-layout directory of trust anchors. Exactly one of O(ca_path) and O(ca_file).
-    type: path
-  ca_file:
-    description: PEM bundle of trust anchors.
-    type: path
-  crl_file:
-    description: PEM CRLs to use with O(ca_file).
-    type: path
-  crl_check:
-    description: Require CRLs and refuse revoked certificates.
-    type: bool
-    default: true
-  endorsers:
-    description: Trusted endorsers (C(name), C(dn), C(ca), optional C(urls)), as for M(vmic.fleet.imagelist_verify).
-    type: list
-    elements: dict
-    required: true
-  policy:
-    description: The site policy, as for M(vmic.fleet.image_policy).
-    type: dict
-    required: true
   known_images:
     description:
       - Identities (C(endorser/identifier)) the site approved before - the keys of the approved set that
@@ -88,9 +66,24 @@ options:
     elements: str
     default: []
   profile:
-    description: This host's profile - C(cluster), C(subcluster), C(hypervisor), C(arch).
+    description:
+      - This host's profile, usually the inventory variable C(vmic_profile). An approved image is selected when
+        its scope admits the host's cluster and subcluster and its C(hv:hypervisor) and C(sl:arch) (when set)
+        fit the host.
     type: dict
-    default: {}
+    suboptions:
+      cluster:
+        description: The host's cluster (compared without case with the C(clusters) scope of approve rules).
+        type: str
+      subcluster:
+        description: The host's subcluster (compared with the C(subclusters) scope of approve rules).
+        type: str
+      hypervisor:
+        description: The host's hypervisor type, for example V(kvm) (compared with an image's C(hv:hypervisor)).
+        type: str
+      arch:
+        description: The host's architecture, for example V(x86_64) (V(amd64) and V(arm64) are read as V(x86_64), V(aarch64)).
+        type: str
   store_dir:
     description: The image store.
     type: path
@@ -108,14 +101,6 @@ options:
     description: Where retired images go with O(retire=archive).
     type: path
     default: /var/lib/vmic/archive
-  engine:
-    description:
-      - The engine to use - C(kind) (V(libtorrent) or V(rtorrent)), C(socket) (its control socket) and,
-        for an engine that does not run as root, C(user) (required for V(rtorrent)) - only the image's
-        download directory is handed to that user; root takes the finished file from it, hashes it again
-        and commits it root's and read-only, and the engine seeds it from there.
-    type: dict
-    default: {kind: libtorrent, socket: /run/vmic-engine/engine.sock}
   phase:
     description:
       - V(all) downloads, verifies, commits and retires in one run.
@@ -150,6 +135,11 @@ attributes:
   diff_mode:
     support: full
     description: Shows the images held (identifier and version) before and after.
+extends_documentation_fragment:
+  - vmic.fleet.trust
+  - vmic.fleet.policy
+  - vmic.fleet.engine
+  - vmic.fleet.action_group
 """
 
 EXAMPLES = r"""
@@ -165,49 +155,293 @@ EXAMPLES = r"""
     profile: "{{ vmic_profile }}"
   async: 3600
   poll: 10
+
+# Options that every module of the collection shares, set once for a block (or a play) with the action group.
+- name: A hypervisor with rtorrent
+  module_defaults:
+    group/vmic.fleet.fleet:
+      engine:
+        kind: rtorrent
+        socket: /run/rtorrent/rpc.sock
+        user: rtorrent
+  block:
+    - name: Report the plan without changing anything
+      vmic.fleet.image_sync:
+        lists: "{{ vmic_lists }}"
+        ca_path: /etc/grid-security/certificates
+        endorsers:
+          - name: example-it
+            dn: /DC=org/DC=example/O=Example/CN=Image Endorser
+            ca: /DC=org/DC=example/CN=Example CA
+            ca_fingerprint: 5f0c3a7e1d9b24c68a3e0f7b12d4c9e6a8b0f1e3d5c7a9b2e4f6a8c0d2e4f6a8
+            urls: [https://repo.example.org/lists/base.list]
+        policy:
+          new_images: refuse
+          rules:
+            - name: base-images
+              action: approve
+              endorser: example-it
+              os: Linux
+              clusters: [prod]
+        profile:
+          cluster: prod
+          hypervisor: kvm
+          arch: x86_64
+      check_mode: true
+      register: plan
+
+    - name: What the engine is doing
+      vmic.fleet.image_info:
 """
 
 RETURN = r"""
 plan:
   description:
-    - Identifiers and versions to add, keep, retire, and hold (kept as they are because their list was
-      refused); C(refused) lists (source, endorser, identifier, revoked, reasons); C(conflicts); C(discard),
-      downloads that no image to add uses any more (withdrawn before activation), dropped at activation.
+    - What the run does (in check mode - would do). Images are named C(<identifier> <version>).
   returned: always
   type: dict
+  contains:
+    add:
+      description: Images to download, verify and commit.
+      type: list
+      elements: str
+      sample: [6f1e2d3c-4b5a-4968-8776-655443322110 3]
+    keep:
+      description: Held images that stay as they are.
+      type: list
+      elements: str
+      sample: [0a1b2c3d-1111-4222-8333-444455556666 12]
+    retire:
+      description: Held images no longer approved or selected (or whose endorser is revoked), to archive or delete.
+      type: list
+      elements: str
+      sample: [6f1e2d3c-4b5a-4968-8776-655443322110 2]
+    held:
+      description: Held images kept exactly as they are because their list was refused this run.
+      type: list
+      elements: str
+      sample: []
+    refused:
+      description: The subscriptions whose list was refused this run (the same entries as RV(refused_lists)).
+      type: list
+      elements: dict
+      sample: []
+    conflicts:
+      description:
+        - Images not added this run, with the reason - another endorser's held image has the same identifier,
+          or the store's place for the image is taken by a held image retired in this run (added next run).
+      type: list
+      elements: str
+      sample: []
+    discard:
+      description: Downloads that no image to add uses any more (withdrawn before activation), dropped at activation.
+      type: list
+      elements: str
+      sample: []
+  sample:
+    add: [6f1e2d3c-4b5a-4968-8776-655443322110 3]
+    keep: [0a1b2c3d-1111-4222-8333-444455556666 12]
+    retire: [6f1e2d3c-4b5a-4968-8776-655443322110 2]
+    held: []
+    refused: []
+    conflicts: []
+    discard: []
 refused_lists:
-  description: The subscriptions whose list was refused this run, with the reasons.
-  returned: always
-  type: list
-  elements: dict
-images:
-  description: Per image added - identifier, version, seconds, bytes_from_peers, bytes_from_web_seed, bytes_from_seeds, path.
-  returned: always
-  type: list
-  elements: dict
-retired:
   description:
-    - Images retired in this run (identifier, version, action), and downloads discarded because no image
-      to add uses them (action C(discarded download)). C(engine_error) says when the engine could not be
-      told to stop seeding.
+    - The subscriptions whose list was refused this run. Their images are kept as they are (RV(plan.held)),
+      except when the signer is revoked - then they are retired.
   returned: always
   type: list
   elements: dict
+  contains:
+    source:
+      description: The list's O(lists[].src).
+      type: str
+    endorser:
+      description: The subscription's O(lists[].endorser).
+      type: str
+    identifier:
+      description: The subscription's list UUID (lower case).
+      type: str
+    revoked:
+      description: Whether the site's CRLs revoke the signer's certificate (or a CA of its chain).
+      type: bool
+    reasons:
+      description: Every reason the list was refused.
+      type: list
+      elements: str
+  sample:
+    - source: https://repo.example.org/lists/base.list
+      endorser: example-it
+      identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+      revoked: false
+      reasons: ["image list https://repo.example.org/lists/base.list: expired at 2024-05-01T00:00:00Z"]
+images:
+  description: One entry per image added (or, with O(phase=download), downloaded) in this run.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    identifier:
+      description: The image UUID (lower case).
+      type: str
+    version:
+      description: The image's C(hv:version).
+      type: str
+    title:
+      description: The image's C(dc:title).
+      type: str
+    action:
+      description:
+        - V(added), V(downloaded) (O(phase=download)), or V(added (same bytes as <identifier> <version>, no transfer))
+          when a held image or another image of this run already has its bytes.
+      type: str
+    seconds:
+      description: Seconds from the start of the transfer to the end of its verification.
+      type: float
+    bytes_from_peers:
+      description: Bytes the engine received from other peers (hypervisors and seeds).
+      type: int
+    bytes_from_web_seed:
+      description: Bytes the engine received from the web seed (the image's C(hv:uri)).
+      type: int
+    bytes_from_seeds:
+      description: Bytes the engine received from peers that had the whole image.
+      type: int
+    path:
+      description: The image file (in the store, or in its download directory with O(phase=download)).
+      type: str
+  sample:
+    - identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
+      version: "3"
+      title: Debian 12
+      action: added
+      seconds: 41.7
+      bytes_from_peers: 1610612736
+      bytes_from_web_seed: 4194304
+      bytes_from_seeds: 536870912
+      path: /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/3/debian12.qcow2
+retired:
+  description: Images retired in this run, and downloads discarded because no image to add uses them.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    identifier:
+      description: The image UUID.
+      type: str
+    version:
+      description: The image's version.
+      type: str
+    action:
+      description: V(retired (archive)), V(retired (delete)) or V(discarded download).
+      type: str
+    engine_error:
+      description: Why the engine could not be told to stop seeding the image (the image is retired all the same).
+      type: str
+      returned: when the engine could not be told
+  sample:
+    - identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
+      version: "2"
+      action: retired (archive)
 in_use:
   description: Images that should be retired but are open by a process; kept until a later run.
   returned: always
   type: list
   elements: dict
+  contains:
+    identifier:
+      description: The image UUID.
+      type: str
+    version:
+      description: The image's version.
+      type: str
+    path:
+      description: The image file that is open.
+      type: str
+  sample:
+    - identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
+      version: "2"
+      path: /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/2/debian12.qcow2
 held:
-  description: The images the store holds after the run (identifier, version, path, size, sha512, list, title).
+  description: The images the store holds after the run.
   returned: when not in check mode
   type: list
   elements: dict
+  contains:
+    identifier:
+      description: The image UUID.
+      type: str
+    version:
+      description: The image's C(hv:version).
+      type: str
+    path:
+      description: The image file.
+      type: str
+    size:
+      description: Size in bytes, as signed (C(hv:size)).
+      type: int
+    sha512:
+      description: sha512 of the file, as signed (C(sl:checksum:sha512)).
+      type: str
+    list:
+      description: UUID of the list the image came from.
+      type: str
+    title:
+      description: The image's C(dc:title).
+      type: str
+    verified_at:
+      description: When the file was verified and committed (UTC).
+      type: str
+    btih_v1:
+      description: The v1 info-hash of the image's torrent.
+      type: str
+  sample:
+    - identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
+      version: "3"
+      path: /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/3/debian12.qcow2
+      size: 2147483648
+      sha512: 9b71d224bd62f3785d96d46ad3ea3d73319bfbc2890caadae2dff72519673ca72323c3d99ba5c11d7c7acc6e14b8c5da0c4663475c2e5c3adef46f73bcdec043
+      list: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+      title: Debian 12
+      verified_at: "2025-03-04T10:15:02Z"
+      btih_v1: 3c1f5b0e2a6d4f8e9b7a1c2d3e4f5a6b7c8d9e0f
 lists:
-  description: Verdict of each list (source, valid, reasons, version).
+  description: The verdict of each subscribed list, in the order of O(lists).
   returned: always
   type: list
   elements: dict
+  contains:
+    source:
+      description: The list's O(lists[].src).
+      type: str
+    valid:
+      description: Whether the list passed every check.
+      type: bool
+    reasons:
+      description: Every reason the list was refused (empty when valid).
+      type: list
+      elements: str
+    revoked:
+      description: Whether the site's CRLs revoke the signer.
+      type: bool
+    endorser:
+      description: The subscription's endorser.
+      type: str
+    identifier:
+      description: The subscription's list UUID.
+      type: str
+    version:
+      description: The list's C(hv:version), when its signed payload could be read.
+      type: str
+  sample:
+    - source: https://repo.example.org/lists/base.list
+      valid: true
+      reasons: []
+      revoked: false
+      endorser: example-it
+      identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+      version: "42"
 """
 
 import time
@@ -215,6 +449,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import check_known
+from ansible_collections.vmic.fleet.plugins.module_utils.argspec import engine_argument_spec, policy_argument_spec, trust_argument_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import (
@@ -233,19 +468,20 @@ def main():
                 endorser=dict(type="str", required=True),
                 identifier=dict(type="str", required=True, aliases=["expected_identifier"]),
             )),
-            ca_path=dict(type="path"),
-            ca_file=dict(type="path"),
-            crl_file=dict(type="path"),
-            crl_check=dict(type="bool", default=True),
-            endorsers=dict(type="list", elements="dict", required=True),
-            policy=dict(type="dict", required=True),
+            **trust_argument_spec(),
+            **policy_argument_spec(),
             known_images=dict(type="list", elements="str", default=[]),
-            profile=dict(type="dict", default={}),
+            profile=dict(type="dict", apply_defaults=True, options=dict(
+                cluster=dict(type="str"),
+                subcluster=dict(type="str"),
+                hypervisor=dict(type="str"),
+                arch=dict(type="str"),
+            )),
             store_dir=dict(type="path", default="/var/lib/vmic/images"),
             state_dir=dict(type="path", default="/var/lib/vmic/lists"),
             retire=dict(type="str", choices=["archive", "delete"], default="archive"),
             archive_dir=dict(type="path", default="/var/lib/vmic/archive"),
-            engine=dict(type="dict", default={"kind": "libtorrent", "socket": "/run/vmic-engine/engine.sock"}),
+            **engine_argument_spec(),
             phase=dict(type="str", choices=["all", "download", "activate"], default="all"),
             timeout=dict(type="int", default=3600),
             https_ca_file=dict(type="path"),

@@ -118,6 +118,8 @@ attributes:
   diff_mode:
     support: full
     description: Shows the list version and its images (identifier, version, size, digest prefix) before and after.
+extends_documentation_fragment:
+  - vmic.fleet.action_group
 """
 
 EXAMPLES = r"""

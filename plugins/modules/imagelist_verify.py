@@ -29,56 +29,6 @@ options:
     description: Path or C(https://) URL of the signed image list.
     type: str
     required: true
-  ca_path:
-    description:
-      - Directory of trust anchors in IGTF layout (C(<hash>.0) certificates, C(<hash>.r0) CRLs),
-        for example C(/etc/grid-security/certificates).
-      - Exactly one of O(ca_path) and O(ca_file) is required.
-    type: path
-  ca_file:
-    description: PEM file of trust anchors (a CA bundle).
-    type: path
-  crl_file:
-    description: PEM file of CRLs to use with O(ca_file).
-    type: path
-  crl_check:
-    description:
-      - Require a valid CRL for every CA in the signer's chain and refuse revoked certificates.
-      - Turning this off is meant for test set-ups only.
-    type: bool
-    default: true
-  endorsers:
-    description: The endorsers this site trusts.
-    type: list
-    elements: dict
-    required: true
-    suboptions:
-      name:
-        description: Short name of the endorser, used by policy rules.
-        type: str
-        required: true
-      dn:
-        description: Subject DN of the endorser's certificate (one-line C(/C=../CN=..) or RFC 4514 form).
-        type: str
-        required: true
-      ca:
-        description: Issuer DN of the endorser's certificate.
-        type: str
-        required: true
-      ca_fingerprint:
-        description:
-          - SHA-256 fingerprint of the certificate of the CA that issues the endorser's certificate
-            (hex, colons allowed). The signer must chain through that very certificate, not merely a CA
-            of the same name. Without it, the pin is the one trust anchor whose subject is O(endorsers[].ca);
-            none or several such anchors refuse the endorser.
-        type: str
-      urls:
-        description:
-          - Catalogue URLs this endorser signs. When given, a list from this endorser is accepted only
-            when its source is one of them. What a list says about itself (C(hv:uri)) proves nothing.
-        type: list
-        elements: str
-        default: []
   state_dir:
     description:
       - Directory where the last accepted version and digest of each list, by (endorser, list UUID), are
@@ -93,6 +43,12 @@ options:
     description: The list UUID this subscription expects; a list with another C(dc:identifier) is refused.
     type: str
     aliases: [identifier]
+  url:
+    description:
+      - The URL the site subscribes to, when O(src) is a local copy of that list (a publisher checking
+        a list before it is served). The endorser's C(urls) are checked against it instead of O(src).
+        What the list says about itself (C(hv:uri)) is never used for that.
+    type: str
   fail_on_invalid:
     description: Fail the task when the list is refused. With V(false), the verdict is returned.
     type: bool
@@ -123,6 +79,9 @@ attributes:
   diff_mode:
     support: full
     description: Shows the accepted version of the list before and after.
+extends_documentation_fragment:
+  - vmic.fleet.trust
+  - vmic.fleet.action_group
 """
 
 EXAMPLES = r"""
@@ -161,14 +120,135 @@ reasons:
   elements: str
   sample: ["image list https://repo/x.list: signer /CN=X is not hv:dn /CN=Y"]
 metadata:
-  description: List-level fields (dc:identifier, hv:version, dates, hv:endorser, ...), when the signature was valid.
-  returned: when the signed payload could be parsed
+  description: The list-level fields of the signed payload (V(null) when it could not be read).
+  returned: always
   type: dict
+  contains:
+    dc:identifier:
+      description: The list UUID (lower case).
+      type: str
+    dc:title:
+      description: The list's title.
+      type: str
+    dc:description:
+      description: The list's description, if any.
+      type: str
+    dc:source:
+      description: The list's source, if any.
+      type: str
+    dc:date:created:
+      description: When the list was signed (C(YYYY-MM-DDTHH:MM:SSZ)).
+      type: str
+    dc:date:expires:
+      description: When the list expires.
+      type: str
+    hv:version:
+      description: The list's version (refused when lower than the one accepted before).
+      type: str
+    hv:uri:
+      description: The URL the list gives for itself (proves nothing; O(endorsers[].urls) binds sources).
+      type: str
+    ad:vo:
+      description: The list's VO, if any (the default of its images).
+      type: str
+    hv:endorser:
+      description: The endorsers the list names - C(hv:dn), C(hv:ca) and, if given, C(hv:email), C(dc:creator).
+      type: list
+      elements: dict
+    legacy_unwrapped:
+      description: Whether the list was a bare object without the C(hv:imagelist) wrapper (old vmcaster lists).
+      type: bool
+  sample:
+    dc:identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
+    dc:title: Base images
+    dc:description: Images of the site's base catalogue
+    dc:source: null
+    dc:date:created: "2025-03-01T08:00:00Z"
+    dc:date:expires: "2025-03-29T08:00:00Z"
+    hv:version: "42"
+    hv:uri: https://repo.example.org/lists/base.list
+    ad:vo: null
+    hv:endorser:
+      - hv:dn: /DC=org/DC=example/O=Example/CN=Image Endorser
+        hv:ca: /DC=org/DC=example/CN=Example CA
+    legacy_unwrapped: false
 images:
-  description: The images of the list, as signed, with C(hv:size) as an integer.
+  description:
+    - The images of the list, each the signed C(hv:image) object with C(dc:identifier) in lower case,
+      C(hv:size) as an integer, C(hv:version) as a string and C(ad:vo) from the list when the image gives none.
+      Fields not listed here are returned as signed too.
   returned: always
   type: list
   elements: dict
+  contains:
+    dc:identifier:
+      description: The image UUID.
+      type: str
+    dc:title:
+      description: The image's title.
+      type: str
+    hv:uri:
+      description: Where the image can be downloaded (the web seed of its torrent).
+      type: str
+    hv:size:
+      description: Size in bytes.
+      type: int
+    hv:version:
+      description: The image's version.
+      type: str
+    sl:checksum:sha512:
+      description: sha512 of the image file.
+      type: str
+    sl:arch:
+      description: Architecture, if given.
+      type: str
+    sl:os:
+      description: Operating system, if given.
+      type: str
+    sl:osversion:
+      description: Operating system version, if given.
+      type: str
+    hv:hypervisor:
+      description: Hypervisor type, if given.
+      type: str
+    hv:format:
+      description: Image format, if given.
+      type: str
+    dc:date:expires:
+      description: The image's own expiry date, if given.
+      type: str
+    vmic:torrent:
+      description: URL of the image's C(.torrent), for the hypervisors' BitTorrent transfer.
+      type: str
+    vmic:torrent_sha256:
+      description: sha256 of that C(.torrent) file.
+      type: str
+    vmic:btih_v1:
+      description: v1 info-hash of the torrent.
+      type: str
+    vmic:btih_v2:
+      description: v2 info-hash of the torrent.
+      type: str
+    vmic:piece_size:
+      description: Piece size of the torrent in bytes.
+      type: int
+  sample:
+    - dc:identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
+      dc:title: Debian 12
+      hv:uri: https://repo.example.org/images/debian12.qcow2
+      hv:size: 2147483648
+      hv:version: "3"
+      sl:checksum:sha512: 9b71d224bd62f3785d96d46ad3ea3d73319bfbc2890caadae2dff72519673ca72323c3d99ba5c11d7c7acc6e14b8c5da0c4663475c2e5c3adef46f73bcdec043
+      sl:arch: x86_64
+      sl:os: Linux
+      sl:osversion: "12"
+      hv:hypervisor: kvm
+      hv:format: qcow2
+      vmic:torrent: https://repo.example.org/torrents/debian12.qcow2.torrent
+      vmic:torrent_sha256: 4e07408562bedb8b60ce05c1decfe3ad16b72230967de01f640b7e4729b49fce
+      vmic:btih_v1: 3c1f5b0e2a6d4f8e9b7a1c2d3e4f5a6b7c8d9e0f
+      vmic:btih_v2: 8d2e6f0a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d2e
+      vmic:piece_size: 4194304
 signer_dn:
   description: Canonical subject DN of the signer.
   returned: when a signer was found
@@ -210,6 +290,7 @@ source:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.vmic.fleet.plugins.module_utils.argspec import trust_argument_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
@@ -221,20 +302,11 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             src=dict(type="str", required=True),
-            ca_path=dict(type="path"),
-            ca_file=dict(type="path"),
-            crl_file=dict(type="path"),
-            crl_check=dict(type="bool", default=True),
-            endorsers=dict(type="list", elements="dict", required=True, options=dict(
-                name=dict(type="str", required=True),
-                dn=dict(type="str", required=True),
-                ca=dict(type="str", required=True),
-                ca_fingerprint=dict(type="str"),
-                urls=dict(type="list", elements="str", default=[]),
-            )),
+            **trust_argument_spec(),
             state_dir=dict(type="path"),
             endorser=dict(type="str"),
             expected_identifier=dict(type="str", aliases=["identifier"]),
+            url=dict(type="str"),
             fail_on_invalid=dict(type="bool", default=True),
             allow_legacy_digests=dict(type="bool", default=False),
             allow_http=dict(type="bool", default=False),
@@ -259,6 +331,7 @@ def main():
                                allow_http=params["allow_http"], what="image list")
         verdict = verify_image_list(envelope, params["src"], trust, registry, state=state,
                                     expected_identifier=params["expected_identifier"], expected_endorser=params["endorser"],
+                                    subscribed_url=params["url"],
                                     allow_legacy_digests=params["allow_legacy_digests"],
                                     record=not module.check_mode, max_bytes=params["max_bytes"])
     except VmicError as exc:
