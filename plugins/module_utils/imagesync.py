@@ -27,13 +27,13 @@ from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_byte
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, check_file, secure_file
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate, identity
+from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES
 
 try:
     from urllib.parse import unquote, urlparse
 except ImportError:  # pragma: no cover - Python 2 is not supported
     raise
 
-MAX_TORRENT_BYTES = 16 * 1024 * 1024
 MAX_LIST_BYTES = 16 * 1024 * 1024
 PROGRESS_FILE = "progress.json"
 

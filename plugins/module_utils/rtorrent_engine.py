@@ -43,8 +43,9 @@ import xmlrpc.client
 from stat import S_ISREG
 
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS, Engine, check_location
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError, TorrentError
-from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES, bdecode, parse_torrent
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError
+from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent
+from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES, TorrentMeta, parse_torrent
 
 DEFAULT_SOCKET = "/run/rtorrent/rpc.sock"
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -54,6 +55,8 @@ CUSTOM_V2 = "vmic_v2"
 CUSTOM_ADDED = "vmic_added_at"
 _KEY_RE = re.compile(r"^[0-9a-f]{40}$")
 _SAFE_DIR_RE = re.compile(r"^/[A-Za-z0-9._+@%:=/-]*$")
+# rtorrent's file priorities: 0 off, 1 normal, 2 high
+_RTORRENT_PRIORITY_NORMAL = 1
 
 # d.multicall2 columns, in order; ``_status_from_row`` reads them by name.
 _COLUMNS = (
@@ -81,47 +84,26 @@ _COLUMNS = (
 )
 
 
-def _bencode(value):
-    """Bencode ints, bytes, str, lists and dicts (keys sorted as bytes): the inverse of torrent.bdecode."""
-    if isinstance(value, bool):
-        raise TorrentError("bencode: booleans have no encoding")
-    if isinstance(value, int):
-        return b"i%de" % value
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    if isinstance(value, bytes):
-        return b"%d:%s" % (len(value), value)
-    if isinstance(value, list):
-        return b"l" + b"".join(_bencode(item) for item in value) + b"e"
-    if isinstance(value, dict):
-        items = sorted((key.encode("utf-8") if isinstance(key, str) else key, item) for key, item in value.items())
-        return b"d" + b"".join(_bencode(key) + _bencode(item) for key, item in items) + b"e"
-    raise TorrentError("bencode: cannot encode %s" % type(value).__name__)
-
-
-def with_fast_resume(torrent_data, file_path, piece_size, size):
-    """Return ``torrent_data`` with rtorrent fast-resume data saying the file at ``file_path`` is complete.
+def with_fast_resume(meta, file_path):
+    """Return the bytes of the checked torrent ``meta`` (a TorrentMeta) with rtorrent fast-resume data
+    saying the file at ``file_path`` is complete.
 
     rtorrent reads ``libtorrent_resume`` when it opens a new download: ``bitfield`` as an integer
     equal to the number of chunks means "all chunks done"; a file whose ``mtime`` matches keeps its
-    chunks, otherwise rtorrent hashes it. The info dictionary is left byte for byte as it was.
+    chunks, otherwise rtorrent hashes it. ``meta.data`` is canonical bencode (``parse_torrent``
+    refuses anything else), so libtorrent's encoder writes its info dictionary back byte for byte.
     """
-    top, span = bdecode(torrent_data)
+    lt = import_libtorrent()
     stat = os.stat(file_path)
-    if stat.st_size != size:
-        raise EngineError("seed mode: %s holds %d bytes, the torrent says %d" % (file_path, stat.st_size, size))
-    chunks = (size + piece_size - 1) // piece_size
+    if stat.st_size != meta.size:
+        raise EngineError("seed mode: %s holds %d bytes, the torrent says %d" % (file_path, stat.st_size, meta.size))
+    chunks = (meta.size + meta.piece_size - 1) // meta.piece_size
+    top = lt.bdecode(meta.data)
     top[b"libtorrent_resume"] = {
         b"bitfield": chunks,
-        b"files": [{b"priority": 1, b"mtime": int(stat.st_mtime), b"completed": chunks}],
+        b"files": [{b"priority": _RTORRENT_PRIORITY_NORMAL, b"mtime": int(stat.st_mtime), b"completed": chunks}],
     }
-    info = torrent_data[span[0]:span[1]]
-    parts = []
-    for name in sorted(top):
-        parts.append(_bencode(name))
-        parts.append(info if name == b"info" else _bencode(top[name]))
-    data = b"d" + b"".join(parts) + b"e"
-    return data
+    return lt.bencode(top)
 
 
 class ScgiTransport(object):
@@ -271,16 +253,20 @@ class RtorrentEngineClient(Engine):
     # ------------------------------------------------------------------ Engine
 
     def add(self, torrent_data, save_dir, seed_mode=False):
-        if not isinstance(torrent_data, (bytes, bytearray)):
-            raise EngineError("rtorrent %s: add: torrent data is not bytes" % self.socket_path)
-        meta = parse_torrent(bytes(torrent_data), MAX_TORRENT_BYTES, what="torrent to add to rtorrent")
+        """Add a torrent given as bytes or as the TorrentMeta that ``parse_torrent``/``check_torrent`` returned."""
+        if isinstance(torrent_data, TorrentMeta):
+            meta = torrent_data
+        elif isinstance(torrent_data, (bytes, bytearray)):
+            meta = parse_torrent(bytes(torrent_data), MAX_TORRENT_BYTES, what="torrent to add to rtorrent")
+        else:
+            raise EngineError("rtorrent %s: add: torrent data is neither bytes nor a TorrentMeta" % self.socket_path)
         key = meta.info_hash_v1
         if key in self.keys():
             return key
         save_dir = self._dir(save_dir, "add %s" % meta.name, "save_dir")
         data = meta.data
         if seed_mode:
-            data = with_fast_resume(data, os.path.join(save_dir, meta.name), meta.piece_size, meta.size)
+            data = with_fast_resume(meta, os.path.join(save_dir, meta.name))
         # The directory goes in with the load so that rtorrent checks the fast-resume data against the
         # file there; it passes rtorrent's command parser, hence the strict character set (no quotes,
         # commas, semicolons or whitespace that could end the argument and inject commands).

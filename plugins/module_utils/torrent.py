@@ -5,10 +5,11 @@
 
 Every torrent of this collection is hybrid (BitTorrent v1 and v2 in one info dictionary) and
 holds exactly one file.  ``make_torrent`` builds one with libtorrent; ``parse_torrent`` reads one
-with a strict, size-limited bencode decoder written here (so that a hypervisor can check a
-downloaded .torrent before anything hands it to libtorrent), and ``check_torrent`` compares a
-.torrent with the values of the signed image list: the sha256 of the .torrent bytes first, before
-any parsing, then name, size and both info-hashes.
+with libtorrent (``load_torrent_buffer`` within explicit size, depth, token and piece limits), accepts
+only canonical bencode and checks what this collection needs on top of libtorrent's own checks; and
+``check_torrent`` compares a .torrent with the values of the signed image list: the sha256 of the
+.torrent bytes first, before any parsing, then name, size and both info-hashes.  The TorrentMeta
+it returns carries libtorrent's ``add_torrent_params``, so a torrent is parsed once.
 """
 
 from __future__ import annotations
@@ -21,18 +22,24 @@ import shutil
 import tempfile
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import LimitError, TorrentError
+from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent
 
 DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
 MIN_PIECE_SIZE = 16 * 1024
 MAX_PIECE_SIZE = 64 * 1024 * 1024
-# 10 MiB holds the hashes of an image of about 800 GB in 4 MiB pieces (52 bytes per piece),
-# and its base64 form still fits in one engine request.
+# The one size limit of a .torrent, wherever one is read: 10 MiB holds the hashes of an image of about
+# 800 GB in 4 MiB pieces (52 bytes per piece), and its base64 form still fits in one engine request.
 MAX_TORRENT_BYTES = 10 * 1024 * 1024
 MAX_NAME_BYTES = 255
 MAX_URL_BYTES = 2048
 MAX_URLS = 64
+# libtorrent's load_torrent_limits for a .torrent: a hybrid torrent holds 20 + 32 bytes of hashes per piece
 MAX_DEPTH = 32
 MAX_TOKENS = 100000
+BYTES_PER_PIECE = 20 + 32
+# libtorrent's error messages (bdecode_errors and errors::too_many_pieces_in_torrent, the same in 2.0 and 2.1)
+_LIMIT_MESSAGES = ("nesting depth exceeded", "item count limit exceeded", "too many pieces")
+_DECODE_MESSAGES = ("bencoded", "integer overflow")
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -42,10 +49,11 @@ _URL_SCHEMES = ("http://", "https://", "udp://")
 class TorrentMeta(object):
     """What this collection knows about one single-file hybrid torrent."""
 
-    __slots__ = ("data", "name", "size", "piece_size", "info_hash_v1", "info_hash_v2", "sha256", "trackers", "web_seeds")
+    __slots__ = ("data", "params", "name", "size", "piece_size", "info_hash_v1", "info_hash_v2", "sha256", "trackers", "web_seeds")
 
-    def __init__(self, data, name, size, piece_size, info_hash_v1, info_hash_v2, sha256, trackers, web_seeds):
+    def __init__(self, data, params, name, size, piece_size, info_hash_v1, info_hash_v2, sha256, trackers, web_seeds):
         self.data = data
+        self.params = params
         self.name = name
         self.size = size
         self.piece_size = piece_size
@@ -56,117 +64,87 @@ class TorrentMeta(object):
         self.web_seeds = list(web_seeds)
 
     def to_dict(self):
-        """Everything but the raw bytes, for module results and logs."""
-        return dict((field, getattr(self, field)) for field in self.__slots__ if field != "data")
+        """Everything but the raw bytes and libtorrent's object, for module results and logs."""
+        return dict((field, getattr(self, field)) for field in self.__slots__ if field not in ("data", "params"))
 
     def __repr__(self):
         return "TorrentMeta(name=%r, size=%d, info_hash_v1=%s)" % (self.name, self.size, self.info_hash_v1)
 
 
-# --------------------------------------------------------------------------- bencode
+# --------------------------------------------------------------------------- libtorrent
 
 
-class _Decoder(object):
-    """Strict bencode decoder: canonical integers, sorted unique dict keys, depth and token limits.
+def _limits(max_bytes):
+    """libtorrent's ``load_torrent_limits``, as the dict its Python bindings (2.0 and 2.1) take."""
+    return {
+        "max_buffer_size": max_bytes,
+        "max_pieces": max(1, max_bytes // BYTES_PER_PIECE),
+        "max_decode_depth": MAX_DEPTH,
+        "max_decode_tokens": MAX_TOKENS,
+    }
 
-    Dictionaries are returned as plain dicts with bytes keys; the byte span of the top-level
-    ``info`` value is recorded so that info-hashes are computed over the exact bytes received.
-    """
 
-    def __init__(self, data, what):
-        self.data = data
-        self.what = what
-        self.pos = 0
-        self.tokens = 0
-        self.info_span = None
-
-    def fail(self, reason):
-        raise TorrentError("%s: bad bencode at byte %d: %s" % (self.what, self.pos, reason))
-
-    def decode(self):
-        value = self.value(0, top=True)
-        if self.pos != len(self.data):
-            self.fail("trailing data after the top-level value")
-        return value
-
-    def value(self, depth, top=False):
-        if depth > MAX_DEPTH:
-            raise LimitError("%s: bencode nesting deeper than %d" % (self.what, MAX_DEPTH))
-        self.tokens += 1
-        if self.tokens > MAX_TOKENS:
-            raise LimitError("%s: more than %d bencode values" % (self.what, MAX_TOKENS))
-        if self.pos >= len(self.data):
-            self.fail("unexpected end of data")
-        lead = self.data[self.pos:self.pos + 1]
-        if lead == b"i":
-            return self.integer()
-        if lead == b"l":
-            self.pos += 1
-            items = []
-            while self.peek() != b"e":
-                items.append(self.value(depth + 1))
-            self.pos += 1
-            return items
-        if lead == b"d":
-            return self.dictionary(depth, top)
-        if lead.isdigit():
-            return self.string()
-        self.fail("unexpected byte %r" % lead)
-        return None
-
-    def peek(self):
-        if self.pos >= len(self.data):
-            self.fail("unexpected end of data")
-        return self.data[self.pos:self.pos + 1]
-
-    def integer(self):
-        end = self.data.find(b"e", self.pos + 1, self.pos + 32)
-        if end < 0:
-            self.fail("unterminated or too long integer")
-        text = self.data[self.pos + 1:end]
-        if not re.match(br"^(0|-?[1-9][0-9]*)$", text):
-            self.fail("non-canonical integer %r" % text[:20])
-        self.pos = end + 1
-        return int(text)
-
-    def string(self):
-        colon = self.data.find(b":", self.pos, self.pos + 12)
-        if colon < 0:
-            self.fail("bad string length")
-        text = self.data[self.pos:colon]
-        if not re.match(br"^(0|[1-9][0-9]*)$", text):
-            self.fail("non-canonical string length %r" % text)
-        length = int(text)
-        start = colon + 1
-        if start + length > len(self.data):
-            self.fail("string runs past the end of data")
-        self.pos = start + length
-        return self.data[start:start + length]
-
-    def dictionary(self, depth, top):
-        self.pos += 1
-        result = {}
-        previous = None
-        while self.peek() != b"e":
-            if not self.peek().isdigit():
-                self.fail("dictionary key is not a string")
-            key = self.string()
-            if previous is not None and key <= previous:
-                self.fail("dictionary keys not sorted or repeated (%r)" % key[:40])
-            previous = key
-            start = self.pos
-            result[key] = self.value(depth + 1)
-            if top and key == b"info":
-                self.info_span = (start, self.pos)
-        self.pos += 1
-        return result
+def _first_difference(one, other):
+    """The offset of the first byte where ``one`` and ``other`` differ (bisection: no per-byte Python loop)."""
+    low, high = 0, min(len(one), len(other))
+    while low < high:
+        middle = (low + high) // 2
+        if one[low:middle + 1] == other[low:middle + 1]:
+            low = middle + 1
+        else:
+            high = middle
+    return low
 
 
 def bdecode(data, what="torrent"):
-    """Decode bencoded ``data``; return ``(value, info_span)`` (span of a top-level ``info``, or None)."""
-    decoder = _Decoder(data, what)
-    value = decoder.decode()
-    return value, decoder.info_span
+    """Decode canonical bencode with libtorrent; refuse any other encoding of the same value.
+
+    libtorrent reads leading zeros, unsorted or repeated dictionary keys and trailing data
+    without complaint, and where keys repeat its torrent parser takes the first while its
+    ``bdecode`` keeps the last: such bytes could show this code one value and a BitTorrent client
+    another.  Only bytes that libtorrent's ``bencode`` writes back unchanged are accepted.
+    Callers bound the size, depth and token count first (``parse_torrent`` does, through libtorrent).
+    """
+    lt = import_libtorrent()
+    data = bytes(data)
+    try:
+        value = lt.bdecode(data)
+    except RuntimeError as exc:
+        raise TorrentError("%s: bad bencode: %s" % (what, exc))
+    canonical = lt.bencode(value)
+    if canonical != data:
+        raise TorrentError("%s: non-canonical bencode at byte %d (integers or lengths with leading zeros, dictionary keys not sorted "
+                           "or repeated, or data after the end)" % (what, _first_difference(canonical, data)))
+    return value
+
+
+def _decode_named(data, what):
+    """The top-level dictionary of the canonical bencode ``data`` and the torrent's checked file name."""
+    top = bdecode(data, what)
+    info = top.get(b"info") if isinstance(top, dict) else None
+    if not isinstance(info, dict):
+        raise TorrentError("%s: no info dictionary" % what)
+    # libtorrent makes any name safe by rewriting it; this code refuses a name that needs rewriting
+    return top, check_name(_text(info.get(b"name"), what, "name"), what)
+
+
+def _load(data, max_bytes, what):
+    """``libtorrent.load_torrent_buffer`` with explicit limits, then ``_decode_named``; return ``(params, top, name)``."""
+    lt = import_libtorrent()
+    try:
+        params = lt.load_torrent_buffer(data, _limits(max_bytes))
+    except RuntimeError as exc:
+        reason = str(exc)
+        if any(message in reason for message in _LIMIT_MESSAGES):
+            raise LimitError("%s: over libtorrent's limits (depth %d, %d bencode values, %d pieces): %s"
+                             % (what, MAX_DEPTH, MAX_TOKENS, _limits(max_bytes)["max_pieces"], reason))
+        if any(message in reason for message in _DECODE_MESSAGES):
+            raise TorrentError("%s: bad bencode (libtorrent: %s)" % (what, reason))
+        # The bytes decoded within the limits and libtorrent refused the torrent: give this code's reason where it has one.
+        _decode_named(data, what)
+        raise TorrentError("%s: libtorrent refuses the torrent: %s" % (what, reason))
+    top, name = _decode_named(data, what)
+    return params, top, name
 
 
 # --------------------------------------------------------------------------- checks
@@ -210,109 +188,75 @@ def _text(value, what, field):
         raise TorrentError("%s: %s is not UTF-8" % (what, field))
 
 
-def _int(value, what, field, minimum=0):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TorrentError("%s: %s is not an integer" % (what, field))
-    if value < minimum:
-        raise TorrentError("%s: %s is %d, below %d" % (what, field, value, minimum))
-    return value
+def _unique(urls, what, kind):
+    found = []
+    for url in urls:
+        url = _check_url(url, what, kind)
+        if url not in found:
+            found.append(url)
+    return found
 
 
-def _urls(top, what):
-    trackers = []
-    if b"announce" in top:
-        trackers.append(_check_url(_text(top[b"announce"], what, "announce"), what, "tracker"))
-    tiers = top.get(b"announce-list", [])
-    if not isinstance(tiers, list):
-        raise TorrentError("%s: announce-list is not a list" % what)
-    for tier in tiers:
-        if not isinstance(tier, list):
-            raise TorrentError("%s: announce-list tier is not a list" % what)
-        for url in tier:
-            url = _check_url(_text(url, what, "announce-list entry"), what, "tracker")
-            if url not in trackers:
-                trackers.append(url)
-    seeds = top.get(b"url-list", [])
-    if isinstance(seeds, bytes):
-        seeds = [seeds] if seeds else []
-    if not isinstance(seeds, list):
-        raise TorrentError("%s: url-list is not a list" % what)
-    web_seeds = []
-    for url in seeds:
-        url = _check_url(_text(url, what, "url-list entry"), what, "web seed")
-        if url not in web_seeds:
-            web_seeds.append(url)
+def _urls(params, what):
+    """The trackers and web seeds libtorrent will contact (BEP 12: ``announce`` only without ``announce-list``)."""
+    trackers = _unique(params.trackers, what, "tracker")
+    web_seeds = _unique(list(params.url_seeds) + list(params.http_seeds), what, "web seed")
     if len(trackers) > MAX_URLS or len(web_seeds) > MAX_URLS:
         raise LimitError("%s: more than %d trackers or web seeds" % (what, MAX_URLS))
     return trackers, web_seeds
 
 
-def parse_torrent(data, max_bytes=MAX_TORRENT_BYTES, what="torrent"):
-    """Parse the bytes of a single-file hybrid v1+v2 .torrent and return a TorrentMeta.
+def _file_storage(torrent_info):
+    # libtorrent 2.1 deprecates files() for layout(); 2.0 (Debian 12's python3-libtorrent 2.0.8) has only files()
+    return torrent_info.layout() if hasattr(torrent_info, "layout") else torrent_info.files()
 
-    Refuses oversize input, bad or non-canonical bencode, multi-file torrents, v1-only or
-    v2-only torrents, inconsistent piece data and unsafe file names.
+
+def parse_torrent(data, max_bytes=MAX_TORRENT_BYTES, what="torrent"):
+    """Parse the bytes of a single-file hybrid v1+v2 .torrent with libtorrent and return a TorrentMeta.
+
+    Refuses oversize input (before parsing), what libtorrent refuses within this module's limits,
+    non-canonical bencode, multi-file torrents, v1-only or v2-only torrents, missing piece layers
+    and file names that libtorrent would have to rewrite.  ``TorrentMeta.params`` is libtorrent's
+    ``add_torrent_params`` for these bytes, so that nothing needs to parse them again.
     """
     if not isinstance(data, (bytes, bytearray)):
         raise TorrentError("%s: data is not bytes" % what)
     data = bytes(data)
     if len(data) > max_bytes:
         raise LimitError("%s: %d bytes, larger than the limit of %d bytes" % (what, len(data), max_bytes))
-    top, span = bdecode(data, what)
-    if not isinstance(top, dict):
-        raise TorrentError("%s: top-level value is not a dictionary" % what)
-    info = top.get(b"info")
-    if not isinstance(info, dict) or span is None:
-        raise TorrentError("%s: no info dictionary" % what)
-    if b"files" in info:
-        raise TorrentError("%s: multi-file torrent (v1 'files' list); only single-file torrents are accepted" % what)
-    name = check_name(_text(info.get(b"name"), what, "name"), what)
+    params, top, name = _load(data, max_bytes, what)
     what = "%s %s" % (what, name)
-    piece_size = _int(info.get(b"piece length"), what, "piece length", MIN_PIECE_SIZE)
-    if piece_size > MAX_PIECE_SIZE or piece_size & (piece_size - 1):
-        raise TorrentError("%s: piece length %d is not a power of two between %d and %d" % (what, piece_size, MIN_PIECE_SIZE, MAX_PIECE_SIZE))
-
-    # v1 part
-    if b"pieces" not in info or b"length" not in info:
+    torrent_info = params.ti
+    hashes = torrent_info.info_hashes()
+    if not hashes.has_v1():
         raise TorrentError("%s: no v1 data (pieces/length); only hybrid v1+v2 torrents are accepted" % what)
-    size = _int(info.get(b"length"), what, "length", 1)
-    pieces = info.get(b"pieces")
-    num_pieces = (size + piece_size - 1) // piece_size
-    if not isinstance(pieces, bytes) or len(pieces) != 20 * num_pieces:
-        raise TorrentError("%s: v1 pieces hold %s bytes, expected %d" % (what, len(pieces) if isinstance(pieces, bytes) else "no", 20 * num_pieces))
-
-    # v2 part
-    if info.get(b"meta version") != 2 or b"file tree" not in info:
+    if not hashes.has_v2():
         raise TorrentError("%s: no v2 data (meta version 2, file tree); only hybrid v1+v2 torrents are accepted" % what)
-    tree = info.get(b"file tree")
-    if not isinstance(tree, dict) or len(tree) != 1:
-        raise TorrentError("%s: v2 file tree does not hold exactly one entry (multi-file torrent)" % what)
-    tree_name, node = list(tree.items())[0]
-    if tree_name != info.get(b"name"):
-        raise TorrentError("%s: v2 file tree entry %r differs from the name" % (what, tree_name[:100]))
-    leaf = node.get(b"") if isinstance(node, dict) else None
-    if not isinstance(leaf, dict) or len(node) != 1:
-        raise TorrentError("%s: v2 file tree entry is a directory (multi-file torrent)" % what)
-    if _int(leaf.get(b"length"), what, "v2 file length", 1) != size:
-        raise TorrentError("%s: v2 file length %d differs from v1 length %d" % (what, leaf.get(b"length"), size))
-    root = leaf.get(b"pieces root")
-    if not isinstance(root, bytes) or len(root) != 32:
-        raise TorrentError("%s: v2 pieces root is not 32 bytes" % what)
+    files = _file_storage(torrent_info)
+    if b"files" in top[b"info"] or files.num_files() != 1 or files.file_path(0) != name:
+        raise TorrentError("%s: multi-file torrent (%d files, the first %r); only single-file torrents are accepted"
+                           % (what, files.num_files(), files.file_path(0)))
+    piece_size = torrent_info.piece_length()
+    if not MIN_PIECE_SIZE <= piece_size <= MAX_PIECE_SIZE or piece_size & (piece_size - 1):
+        raise TorrentError("%s: piece length %d is not a power of two between %d and %d" % (what, piece_size, MIN_PIECE_SIZE, MAX_PIECE_SIZE))
+    size = files.file_size(0)     # libtorrent refuses a torrent of 0 bytes, hence a symbolic link
+    num_pieces = torrent_info.num_pieces()
     if size > piece_size:
+        # libtorrent loads a torrent without its piece layers (it would ask peers for them)
         layers = top.get(b"piece layers")
-        layer = layers.get(root) if isinstance(layers, dict) else None
+        layer = layers.get(files.root(0).to_bytes()) if isinstance(layers, dict) else None
         if not isinstance(layer, bytes) or len(layer) != 32 * num_pieces:
             raise TorrentError("%s: v2 piece layer missing or not %d bytes" % (what, 32 * num_pieces))
 
-    trackers, web_seeds = _urls(top, what)
-    info_bytes = data[span[0]:span[1]]
+    trackers, web_seeds = _urls(params, what)
     return TorrentMeta(
         data=data,
+        params=params,
         name=name,
         size=size,
         piece_size=piece_size,
-        info_hash_v1=hashlib.sha1(info_bytes).hexdigest(),
-        info_hash_v2=hashlib.sha256(info_bytes).hexdigest(),
+        info_hash_v1=str(hashes.v1),
+        info_hash_v2=str(hashes.v2),
         sha256=hashlib.sha256(data).hexdigest(),
         trackers=trackers,
         web_seeds=web_seeds,
@@ -366,14 +310,31 @@ def v2_truncated(info_hash_v2_hex):
 # --------------------------------------------------------------------------- creation
 
 
+def create_torrent(files, piece_size, flags=0):
+    """A ``libtorrent.create_torrent`` for ``files``, (path, size) pairs; ``flags`` 0 makes a hybrid v1+v2 torrent.
+
+    ``flags`` takes ``libtorrent.create_torrent.v1_only``, ``v2_only`` and the library's other create flags.
+    """
+    lt = import_libtorrent()
+    if hasattr(lt, "create_file_entry"):
+        return lt.create_torrent([lt.create_file_entry(path, size) for path, size in files], piece_size, flags)
+    # libtorrent 2.0 (Debian 12's python3-libtorrent 2.0.8) has no create_file_entry: a file_storage
+    storage = lt.file_storage()
+    for path, size in files:
+        storage.add_file(path, size)
+    creator = lt.create_torrent(storage, piece_size, flags)
+    # libtorrent 2.0's create_torrent keeps a reference to the file_storage, which the bindings do not
+    # keep alive: without this, hashing reads freed memory (a crash)
+    creator.storage = storage
+    return creator
+
+
 def make_torrent(path, name=None, piece_size=DEFAULT_PIECE_SIZE, web_seeds=(), trackers=(), comment=None):
     """Hash the file at ``path`` into a single-file hybrid v1+v2 torrent; return its TorrentMeta.
 
     ``name`` is the file name inside the torrent (the basename of ``path`` by default).  The
     torrent carries no creation date, so the same file and arguments give the same bytes.
     """
-    from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent
-
     lt = import_libtorrent()
     what = "torrent for %s" % path
     if name is None:
@@ -393,13 +354,7 @@ def make_torrent(path, name=None, piece_size=DEFAULT_PIECE_SIZE, web_seeds=(), t
     if not os.path.isfile(path) or size == 0:
         raise TorrentError("%s: not a non-empty regular file" % what)
 
-    if hasattr(lt, "create_file_entry"):
-        creator = lt.create_torrent([lt.create_file_entry(name, size)], piece_size)
-    else:
-        # libtorrent 2.0 (Debian 12's python3-libtorrent 2.0.8) has no create_file_entry: a file_storage
-        files = lt.file_storage()
-        files.add_file(name, size)
-        creator = lt.create_torrent(files, piece_size)
+    creator = create_torrent([(name, size)], piece_size)
     for url in web_seeds:
         creator.add_url_seed(url)
     for tier, url in enumerate(trackers):

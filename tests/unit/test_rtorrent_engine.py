@@ -22,7 +22,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineErr
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import PlannedImage, SyncPlan, retire, transfer
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module
-from ansible_collections.vmic.fleet.plugins.module_utils.rtorrent_engine import RtorrentEngineClient, ScgiTransport
+from ansible_collections.vmic.fleet.plugins.module_utils.rtorrent_engine import RtorrentEngineClient, ScgiTransport, with_fast_resume
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_torrent
 from waiting import free_port, sha512, wait_for
 
@@ -253,7 +253,7 @@ def test_seed_mode_trusts_the_file_and_plain_add_hashes_it(rtorrents, image, tmp
     _zeroed_copy(image, trusted)
     _zeroed_copy(image, checked)
     first = rtorrents("first", "127.0.0.4")
-    key = first.client.add(meta.data, str(trusted), seed_mode=True)
+    key = first.client.add(meta, str(trusted), seed_mode=True)      # the checked TorrentMeta: not parsed again
     # seed mode: rtorrent takes the fast-resume data (size and mtime match) and never reads the file
     assert first.status(key)["state"] == "seeding" and first.status(key)["total_done"] == meta.size
     second = rtorrents("second", "127.0.0.9")
@@ -263,6 +263,17 @@ def test_seed_mode_trusts_the_file_and_plain_add_hashes_it(rtorrents, image, tmp
     assert status["total_done"] == 0 and status["state"] == "downloading"
     second.client.remove(key)
     assert os.path.isfile(str(checked / meta.name))
+
+
+def test_fast_resume_keeps_the_info_dictionary(image):
+    meta = image["meta"]
+    path = os.path.join(image["dir"], meta.name)
+    data = with_fast_resume(meta, path)
+    again = torrent_module.parse_torrent(data)
+    assert (again.info_hash_v1, again.info_hash_v2, again.trackers) == (meta.info_hash_v1, meta.info_hash_v2, meta.trackers)
+    resume = torrent_module.bdecode(data)[b"libtorrent_resume"]
+    chunks = (meta.size + meta.piece_size - 1) // meta.piece_size
+    assert resume == {b"bitfield": chunks, b"files": [{b"completed": chunks, b"mtime": int(os.stat(path).st_mtime), b"priority": 1}]}
 
 
 def test_seed_mode_refuses_a_file_of_the_wrong_size(rtorrents, image, tmp_path):

@@ -11,7 +11,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils import torrent as tmod
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import LimitError, MissingDependencyError, TorrentError
 from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent, libtorrent_version
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import (
-    bdecode, check_torrent, make_torrent, parse_torrent, v2_truncated,
+    bdecode, check_torrent, create_torrent, make_torrent, parse_torrent, v2_truncated,
 )
 
 lt = import_libtorrent()
@@ -43,8 +43,7 @@ def expected(meta, **overrides):
 
 
 def decoded(meta):
-    value, _span = bdecode(meta.data)
-    return value
+    return bdecode(meta.data)
 
 
 # --------------------------------------------------------------------------- round trip
@@ -84,7 +83,7 @@ def test_same_file_gives_same_bytes(meta, image):
 def test_name_other_than_the_file_basename(image):
     renamed = make_torrent(image, name="other-name.raw", piece_size=PIECE)
     assert renamed.name == "other-name.raw"
-    assert list(bdecode(renamed.data)[0][b"info"][b"file tree"]) == [b"other-name.raw"]
+    assert list(bdecode(renamed.data)[b"info"][b"file tree"]) == [b"other-name.raw"]
 
 
 def test_v2_truncated(meta):
@@ -156,20 +155,88 @@ def test_parse_refuses_deep_nesting():
         parse_torrent(b"l" * 100 + b"e" * 100)
 
 
+def test_token_flood_refused():
+    with pytest.raises(LimitError, match="item count"):
+        parse_torrent(b"l" + b"i1e" * (tmod.MAX_TOKENS + 1) + b"e")
+
+
+def test_limits_reach_libtorrent(meta):
+    # libtorrent ignores unknown keys of its limits dict: each limit must bite under its own name
+    # (max_buffer_size applies only to files it reads itself; parse_torrent checks the size first)
+    limits = tmod._limits(len(meta.data))
+    assert lt.load_torrent_buffer(meta.data, limits).ti.name() == meta.name
+    for key, tiny in (("max_pieces", 1), ("max_decode_depth", 1), ("max_decode_tokens", 5)):
+        with pytest.raises(RuntimeError):
+            lt.load_torrent_buffer(meta.data, dict(limits, **{key: tiny}))
+
+
+def splice(data, old, new):
+    assert data.count(old) == 1
+    return data.replace(old, new)
+
+
+ANNOUNCE = b"8:announce36:http://tracker.example:6969/announce"
+COMMENT = b"7:comment10:test image"
+URL_LIST = b"8:url-list31:https://repo.example/cirros.img"
+
+
+def test_repeated_key_parser_differential_refused(meta):
+    # outside the info dictionary libtorrent takes the first of repeated keys and its bdecode the last:
+    # one .torrent would give two clients two web seeds
+    data = splice(meta.data, URL_LIST, URL_LIST + b"8:url-list17:file:///etc/shdw/")
+    assert lt.load_torrent_buffer(data).url_seeds == ["https://repo.example/cirros.img"]
+    assert lt.bdecode(data)[b"url-list"] == b"file:///etc/shdw/"
+    with pytest.raises(TorrentError, match="non-canonical bencode at byte .*repeated"):
+        parse_torrent(data)
+
+
+@pytest.mark.parametrize("old, new", [
+    (COMMENT, b"7:comment010:test image"),
+    (ANNOUNCE + COMMENT, COMMENT + ANNOUNCE),
+    (b"d8:announce", b"d10:created by1:x8:announce"),
+    (b"", b"4:junk"),
+])
+def test_non_canonical_encoding_outside_info_refused(meta, old, new):
+    data = splice(meta.data, old, new) if old else meta.data + new
+    assert lt.load_torrent_buffer(data).ti.name() == "cirros.img"      # libtorrent alone takes it
+    with pytest.raises(TorrentError, match="non-canonical"):
+        parse_torrent(data)
+
+
+@pytest.mark.parametrize("old, new", [
+    (b"12:piece lengthi65536e", b"12:piece lengthi065536e"),
+    (b"4:name10:cirros.img", b"4:name10:cirros.img4:name10:passwd.img"),
+])
+def test_non_canonical_encoding_inside_info_refused(meta, old, new):
+    data = splice(meta.data, old, new)
+    with pytest.raises(RuntimeError):
+        lt.load_torrent_buffer(data)                    # libtorrent requires a canonical info dictionary itself
+    with pytest.raises(TorrentError, match="non-canonical"):
+        parse_torrent(data)
+
+
+def test_reencoded_torrent_with_the_signed_info_hashes_refused(meta):
+    # same info dictionary, so same info-hashes, but other bytes: the signed sha256 of the exact bytes refuses it
+    data = meta.data + b"\n"
+    assert str(lt.load_torrent_buffer(data).info_hashes.v1) == meta.info_hash_v1
+    with pytest.raises(TorrentError, match="sha256"):
+        check_torrent(data, **expected(meta))
+
+
 def test_parse_refuses_oversize(meta):
     with pytest.raises(LimitError):
         parse_torrent(meta.data, max_bytes=len(meta.data) - 1)
 
 
 def test_parse_refuses_v1_only(image):
-    creator = lt.create_torrent([lt.create_file_entry("cirros.img", os.path.getsize(image))], PIECE, lt.create_torrent.v1_only)
+    creator = create_torrent([("cirros.img", os.path.getsize(image))], PIECE, lt.create_torrent.v1_only)
     lt.set_piece_hashes(creator, os.path.dirname(image))
     with pytest.raises(TorrentError, match="v2"):
         parse_torrent(bencode(creator.generate()))
 
 
 def test_parse_refuses_v2_only(image):
-    creator = lt.create_torrent([lt.create_file_entry("cirros.img", os.path.getsize(image))], PIECE, lt.create_torrent.v2_only)
+    creator = create_torrent([("cirros.img", os.path.getsize(image))], PIECE, lt.create_torrent.v2_only)
     lt.set_piece_hashes(creator, os.path.dirname(image))
     with pytest.raises(TorrentError, match="v1"):
         parse_torrent(bencode(creator.generate()))
@@ -179,7 +246,7 @@ def test_parse_refuses_multi_file(tmp_path):
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "a.img").write_bytes(os.urandom(PIECE))
     (tmp_path / "dir" / "b.img").write_bytes(os.urandom(PIECE))
-    creator = lt.create_torrent(lt.list_files(str(tmp_path / "dir")), PIECE)
+    creator = create_torrent([("dir/a.img", PIECE), ("dir/b.img", PIECE)], PIECE)
     lt.set_piece_hashes(creator, str(tmp_path))
     with pytest.raises(TorrentError, match="multi-file"):
         parse_torrent(bencode(creator.generate()))
