@@ -34,11 +34,11 @@ from stat import S_ISLNK, S_ISREG
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import fsync_dir, read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import image_version_problem
+from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES
 
 PARTIAL = ".partial"
 META_SUFFIX = ".json"
 TORRENT_SUFFIX = ".torrent"
-MAX_TORRENT_BYTES = 16 * 1024 * 1024
 CURRENT = "current"
 HASH_CHUNK = 4 * 1024 * 1024
 MAX_META_BYTES = 1024 * 1024
