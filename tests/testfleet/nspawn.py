@@ -1061,7 +1061,6 @@ class NspawnFleet:
                  "    ansible_python_interpreter: /usr/bin/python3",
                  "    ansible_ssh_private_key_file: %s" % q(self.key_path),
                  "    ansible_ssh_common_args: %s" % q("-F %s" % self.ssh_config_path),
-                 "    vmic_testfleet_name: %s" % q(self.name),
                  "  hosts:"]
         for box in self.containers:
             lines.append("    %s:" % box.name)
