@@ -286,11 +286,11 @@ def main():
             result["progress"] = json.loads(read_limited(progress_path, 4 * 1024 * 1024).decode("utf-8"))
     except (VmicError, ValueError, UnicodeDecodeError) as exc:
         module.fail_json(msg="image store %s: %s" % (params["store_dir"], exc))
-    if params["engine"]:
-        try:
-            result["torrents"] = engine_from_spec(params["engine"]).status()
-        except VmicError as exc:
-            result["engine_error"] = str(exc)
+    # The typed engine option always has a value (its defaults): the engine is always asked.
+    try:
+        result["torrents"] = engine_from_spec(params["engine"]).status()
+    except VmicError as exc:
+        result["engine_error"] = str(exc)
     if result["corrupt"]:
         module.fail_json(msg="image store %s: %d stored image(s) no longer match their metadata: %s"
                          % (params["store_dir"], len(result["corrupt"]), "; ".join(item["reason"] for item in result["corrupt"])), **result)
