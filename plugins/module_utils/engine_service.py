@@ -887,7 +887,8 @@ class EngineService(object):
             "upload_rate": int(status.upload_payload_rate),
             "error": error,
             "added_at": record.added_at,
-            "completed_at": record.completed_at,
+            # The tick records completion once a second; a status asked in between already says seeding.
+            "completed_at": record.completed_at if record.completed_at is not None or state != "seeding" else time.time(),
         }
         result.update(counters)
         return dict((name, result[name]) for name in STATUS_FIELDS)
