@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import PolicyError, VmicError
-from ansible_collections.vmic.fleet.plugins.module_utils.policy import ANY_ENDORSER
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import IDENTITY_RE, UUID_LOWER_RE
+from ansible_collections.vmic.fleet.plugins.module_utils.policy import ANY_ENDORSER, evaluate
 
 STATE_FILE = "approved.json"
 MAX_STATE_BYTES = 16 * 1024 * 1024
 MAX_KNOWN = 100000
-_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-_IDENTITY_RE = re.compile(r"^(?:\*|[A-Za-z0-9][A-Za-z0-9._-]{0,127})/%s$" % _UUID)
-_LEGACY_RE = re.compile(r"^%s$" % _UUID)
 
 
 def check_known(items):
@@ -44,9 +41,9 @@ def check_known(items):
         raise PolicyError("known_images: %d entries, more than the limit of %d" % (len(items), MAX_KNOWN))
     known = set()
     for item in items:
-        if isinstance(item, str) and _LEGACY_RE.match(item):
+        if isinstance(item, str) and UUID_LOWER_RE.match(item):
             item = "%s/%s" % (ANY_ENDORSER, item)
-        if not isinstance(item, str) or not _IDENTITY_RE.match(item):
+        if not isinstance(item, str) or not IDENTITY_RE.match(item):
             raise PolicyError("known_images: %r is not <endorser>/<lower-case image uuid>" % (item,))
         known.add(item)
     return frozenset(known)
@@ -73,9 +70,9 @@ class ApprovedSetStore(object):
         for key, value in data["approved"].items():
             if not isinstance(value, dict):
                 continue
-            if _LEGACY_RE.match(key):
+            if UUID_LOWER_RE.match(key):
                 key = "%s/%s" % (ANY_ENDORSER, key)
-            if _IDENTITY_RE.match(key):
+            if IDENTITY_RE.match(key):
                 approved[key] = value
         return approved
 
@@ -100,10 +97,57 @@ def approved_set(decisions):
         candidate = decision.candidate
         image = candidate.image
         current[candidate.identity] = {
-            "version": image.get("hv:version"),
-            "sha512": image.get("sl:checksum:sha512"),
-            "title": image.get("dc:title"),
+            "version": image.version,
+            "sha512": image.sha512,
+            "title": image.title,
             "list": candidate.list_identifier,
             "endorser": candidate.endorser,
         }
     return current
+
+
+def summary(approved):
+    """One line per approved image, sorted: the diff text of an approved set."""
+    return "".join("%s %s %s\n" % (key, value.get("version"), value.get("title")) for key, value in sorted(approved.items()))
+
+
+class Approval(object):
+    """The site's approval this run, against the approved set of the last run.
+
+    ``decisions`` (policy.evaluate), ``current`` and ``previous`` approved sets, and what changed:
+    ``added``/``removed`` identities and ``updated`` ones (other version or bytes).
+    """
+
+    def __init__(self, decisions, previous):
+        self.decisions = decisions
+        self.previous = previous
+        self.current = approved_set(decisions)
+        both = set(self.current) & set(previous)
+        self.added = sorted(set(self.current) - set(previous))
+        self.removed = sorted(set(previous) - set(self.current))
+        self.updated = sorted(key for key in both if (self.current[key]["version"], self.current[key]["sha512"])
+                              != (previous[key].get("version"), previous[key].get("sha512")))
+
+    @property
+    def changed(self):
+        """True when the approved set differs from the last run's."""
+        return bool(self.added or self.removed or self.updated)
+
+    def approved_images(self):
+        """The approved images as plain data (policy.Decision.approved_image)."""
+        return [decision.approved_image() for decision in self.decisions if decision.approved]
+
+    def diff(self):
+        """Ansible's diff of the approved set."""
+        return {"before_header": "approved images", "after_header": "approved images",
+                "before": summary(self.previous), "after": summary(self.current)}
+
+
+def approve(policy, verdicts, store, known=()):
+    """Apply ``policy`` to verified lists against ``store`` (an ApprovedSetStore): returns an :class:`Approval`.
+
+    "Approved before" is the store's set plus ``known`` (checked identities, see :func:`check_known`).
+    Nothing is written: :meth:`ApprovedSetStore.save` the ``current`` set when it changed.
+    """
+    previous = store.load()
+    return Approval(evaluate(policy, verdicts, known=set(previous) | set(known)), previous)

@@ -19,11 +19,18 @@ from __future__ import annotations
 import calendar
 import copy
 import json
+import posixpath
 import re
 import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.dn import DNError, canonical_dn, parse_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import HEX40_RE, HEX64_RE, SHA512_RE, UUID_RE
+
+try:
+    from urllib.parse import unquote, urlparse
+except ImportError:  # pragma: no cover - Python 2 is not supported
+    raise
 
 MAX_LIST_BYTES = 8 * 1024 * 1024
 MAX_IMAGES = 5000
@@ -32,19 +39,20 @@ MAX_STRING_LENGTH = 64 * 1024
 MAX_KEYS_PER_OBJECT = 256
 MAX_ENDORSERS = 16
 
+# The vmic:* fields. Signed per image by the publisher:
 PREFIX = "vmic:"
 TORRENT_URI = PREFIX + "torrent"
 TORRENT_SHA256 = PREFIX + "torrent_sha256"
 BTIH_V1 = PREFIX + "btih_v1"
 BTIH_V2 = PREFIX + "btih_v2"
 PIECE_SIZE = PREFIX + "piece_size"
+# Added by the site's policy to an approved image (image_policy's result; JMESPath rules read the first two):
+LIST_FIELD = PREFIX + "list"
+ENDORSER_FIELD = PREFIX + "endorser"
+SCOPE_FIELD = PREFIX + "scope"
 
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_SHA512_RE = re.compile(r"^[0-9a-f]{128}$")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_HEX40_RE = re.compile(r"^[0-9a-f]{40}$")
 # vmic:torrent: an absolute http(s) URL with a host; no whitespace or control characters. Whether plain
 # http is fetched is the consumer's choice (allow_http); file://, ftp:// and local paths never are.
 _TORRENT_URL_RE = re.compile(r"^https?://[^/?#\s@]+(?:[/?#][^\s]*)?$", re.IGNORECASE)
@@ -211,6 +219,19 @@ class Image(object):
         self.torrent_sha256 = meta.get(TORRENT_SHA256)
         self.btih_v1 = meta.get(BTIH_V1)
         self.btih_v2 = meta.get(BTIH_V2)
+
+    def describe(self):
+        """``<identifier> <version> (<title>)``: how messages name an image."""
+        return "%s %s (%s)" % (self.identifier, self.version, self.title)
+
+    @property
+    def file_name(self):
+        """The image's file name: the last path component of its signed hv:uri (its torrent must carry it;
+        the store keeps the file under it)."""
+        name = unquote(posixpath.basename(urlparse(self.uri).path))
+        if not name or name in (".", "..") or "/" in name or "\x00" in name:
+            raise ImageListError("image %s: hv:uri %s names no file" % (self.identifier, self.uri))
+        return name
 
     def expired(self, now):
         """True when the image carries its own expiry date and it has passed."""
@@ -383,7 +404,7 @@ def _check_image(index, item, reasons, seen):
         if key not in item:
             reasons.append("%s lacks %s" % (where, key))
     if "dc:identifier" in item:
-        if not _is_string(identifier) or not _UUID_RE.match(identifier):
+        if not _is_string(identifier) or not UUID_RE.match(identifier):
             reasons.append("%s dc:identifier %r is not a UUID" % (where, identifier))
         elif identifier.lower() in seen:
             reasons.append("duplicate image identifier %s" % identifier.lower())
@@ -395,7 +416,7 @@ def _check_image(index, item, reasons, seen):
             reasons.append("%s %s must be a string, not %s" % (where, key, type(item[key]).__name__))
     if "sl:checksum:sha512" in item:
         checksum = item["sl:checksum:sha512"]
-        if not _is_string(checksum) or not _SHA512_RE.match(checksum):
+        if not _is_string(checksum) or not SHA512_RE.match(checksum):
             reasons.append("%s sl:checksum:sha512 is not 128 lower-case hex digits" % where)
     if "hv:size" in item:
         _check_size(item["hv:size"], where, reasons)
@@ -406,7 +427,7 @@ def _check_image(index, item, reasons, seen):
     if _is_string(item.get(TORRENT_URI)) and not _TORRENT_URL_RE.match(item[TORRENT_URI]):
         reasons.append("%s %s %r is not an absolute https:// (or http://) URL; a local path or another scheme is refused"
                        % (where, TORRENT_URI, item[TORRENT_URI]))
-    for key, pattern in ((TORRENT_SHA256, _SHA256_RE), (BTIH_V1, _HEX40_RE), (BTIH_V2, _SHA256_RE)):
+    for key, pattern in ((TORRENT_SHA256, HEX64_RE), (BTIH_V1, HEX40_RE), (BTIH_V2, HEX64_RE)):
         if key in item and (not _is_string(item[key]) or not pattern.match(item[key])):
             reasons.append("%s %s is malformed" % (where, key))
     if PIECE_SIZE in item:
@@ -431,7 +452,7 @@ def schema_reasons(document):
     for key in LIST_REQUIRED:
         if key not in body:
             reasons.append("lacks %s" % key)
-    if "dc:identifier" in body and (not _is_string(body["dc:identifier"]) or not _UUID_RE.match(body["dc:identifier"])):
+    if "dc:identifier" in body and (not _is_string(body["dc:identifier"]) or not UUID_RE.match(body["dc:identifier"])):
         reasons.append("dc:identifier %r is not a UUID" % (body["dc:identifier"],))
     for key in ("dc:date:created", "dc:date:expires"):
         if key in body:

@@ -17,24 +17,18 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, MissingDependencyError, StoreError, TorrentError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_ENVELOPE_BYTES, MAX_TORRENT_BYTES
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import BTIH_V1, BTIH_V2, TORRENT_SHA256, TORRENT_URI, Image, ImageListError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, check_file, secure_file
-from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
+from ansible_collections.vmic.fleet.plugins.module_utils.listverify import ListVerdict, verify_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate, identity
-from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES
 
-try:
-    from urllib.parse import unquote, urlparse
-except ImportError:  # pragma: no cover - Python 2 is not supported
-    raise
-
-MAX_LIST_BYTES = 16 * 1024 * 1024
 PROGRESS_FILE = "progress.json"
 
 
@@ -55,23 +49,17 @@ def engine_from_spec(spec):
     raise EngineError("engine kind %r is not one of %s" % (kind, ", ".join(ENGINE_KINDS)))
 
 
-def torrent_name_for(image):
-    """The file name a torrent of this image must carry: the last path component of its signed hv:uri."""
-    name = unquote(posixpath.basename(urlparse(image["hv:uri"]).path))
-    if not name:
-        raise TorrentError("image %s: hv:uri %s names no file" % (image.get("dc:identifier"), image["hv:uri"]))
-    return name
-
-
 class PlannedImage(object):
-    """One image this host should hold, from a verified list of ``endorser``."""
+    """One image this host should hold: an :class:`imagelist.Image` of a verified list of ``endorser``."""
 
     def __init__(self, image, list_identifier, endorser=None):
+        if isinstance(image, dict):
+            image = Image(image)
         self.image = image
-        self.identifier = image["dc:identifier"].lower()
-        self.version = str(image["hv:version"])
-        self.size = int(image["hv:size"])
-        self.sha512 = image["sl:checksum:sha512"]
+        self.identifier = image.identifier
+        self.version = image.version
+        self.size = image.size
+        self.sha512 = image.sha512
         self.list_identifier = list_identifier
         self.endorser = endorser
         self.key = None
@@ -79,10 +67,13 @@ class PlannedImage(object):
         self.started = None
         self.finished = None
         self.status = {}
+        self.source = None       # a held image with the same bytes (_assign_sources)
+        self.leader = None       # the image of this run that brings the same bytes
+        self.taken = False       # moved out of the engine's download directory (_take_from_engine)
 
     def describe(self):
         """``<identifier> <version> (<title>)``."""
-        return "%s %s (%s)" % (self.identifier, self.version, self.image.get("dc:title"))
+        return self.image.describe()
 
 
 class SyncPlan(object):
@@ -123,7 +114,7 @@ class SyncPlan(object):
             return "%s %s (%s)\n" % (identifier, version, title)
         before = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep + self.held + self.retire]
         after = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep + self.held]
-        after += [line(p.identifier, p.version, p.image.get("dc:title")) for p in self.add]
+        after += [line(p.identifier, p.version, p.image.title) for p in self.add]
         return {"before": "".join(sorted(before)), "after": "".join(sorted(after))}
 
 
@@ -134,28 +125,30 @@ def _subscription(entry):
 
 
 def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, record=True, https_ca_file=None, allow_http=False,
-                 timeout=30):
-    """Fetch and verify every subscribed list, each on its own; returns listverify verdicts (refused ones included).
+                 timeout=30, fetch=fetch_bytes):
+    """Fetch and verify every subscribed list, each on its own; returns :class:`listverify.ListVerdict` objects
+    (refused ones included).
 
     Each entry of ``lists`` is a subscription: ``src``, ``endorser`` (a name of the registry) and
     ``identifier`` (the list UUID). The verdict of each carries its subscription, so that a refused
-    list still names whose images it covers.
+    list still names whose images it covers. ``fetch`` is :func:`fetch.fetch_bytes` or a function with
+    its signature (tests pass an in-memory repository).
     """
     verdicts = []
     for entry in lists:
         subscription = _subscription(entry)
         source = subscription["src"]
         try:
-            envelope = fetch_bytes(source, MAX_LIST_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="image list")
+            envelope = fetch(source, MAX_ENVELOPE_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="image list")
             verdict = verify_image_list(envelope, source, trust, registry, state=state, expected_identifier=subscription["identifier"],
                                         expected_endorser=subscription["endorser"], allow_legacy_digests=allow_legacy_digests,
-                                        record=record).to_result()
+                                        record=record)
         except MissingDependencyError:
             raise
         except VmicError as exc:
             # Unreachable, too slow, too large, a corrupt state file: this list is refused, the others go on.
-            verdict = {"source": source, "valid": False, "revoked": False, "reasons": [str(exc)], "images": [], "metadata": None}
-        verdict["subscription"] = subscription
+            verdict = ListVerdict.unreadable(source, str(exc))
+        verdict.subscription = subscription
         verdicts.append(verdict)
     return verdicts
 
@@ -164,11 +157,11 @@ def _owner_status(verdicts):
     """(endorser, list UUID) -> "valid", "refused" or "revoked", from the subscriptions' verdicts."""
     status = {}
     for verdict in verdicts:
-        subscription = verdict.get("subscription") or {}
+        subscription = verdict.subscription or {}
         key = (subscription.get("endorser"), subscription.get("identifier"))
-        if verdict.get("valid"):
+        if verdict.valid:
             status[key] = "valid"
-        elif verdict.get("revoked"):
+        elif verdict.revoked:
             status[key] = "revoked"
         else:
             status.setdefault(key, "refused")
@@ -194,9 +187,8 @@ def plan_sync(verdicts, policy, profile, store, known=()):
     """
     plan = SyncPlan()
     plan.verdicts = verdicts
-    plan.refused = [dict(source=v.get("source"), endorser=(v.get("subscription") or {}).get("endorser"),
-                         identifier=(v.get("subscription") or {}).get("identifier"), revoked=bool(v.get("revoked")),
-                         reasons=list(v.get("reasons") or [])) for v in verdicts if not v.get("valid")]
+    plan.refused = [dict(source=v.source, endorser=(v.subscription or {}).get("endorser"), identifier=(v.subscription or {}).get("identifier"),
+                         revoked=bool(v.revoked), reasons=list(v.reasons)) for v in verdicts if not v.valid]
     owners = _owner_status(verdicts)
     held = store.images()
     # What this host holds keeps its identifier against a newcomer from another endorser.
@@ -250,18 +242,23 @@ def _stale_downloads(plan, store):
     return [pair for pair in store.partials() if pair not in adding]
 
 
-def _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http=False):
+def _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http=False, fetch=fetch_bytes):
+    """The image's .torrent (bytes) and its checked metadata: fetched from the signed vmic:torrent URL, its sha256,
+    file name, size and info-hashes checked against the signed list before anything else reads it."""
     image = planned.image
-    uri = image.get("vmic:torrent")
-    if not uri:
-        raise TorrentError("image %s: the signed list gives no vmic:torrent" % planned.describe())
-    for field in ("vmic:torrent_sha256", "vmic:btih_v1", "vmic:btih_v2"):
-        if not image.get(field):
+    for field, value in ((TORRENT_URI, image.torrent_uri), (TORRENT_SHA256, image.torrent_sha256), (BTIH_V1, image.btih_v1),
+                         (BTIH_V2, image.btih_v2)):
+        if not value:
             raise TorrentError("image %s: the signed list gives no %s" % (planned.describe(), field))
+    try:
+        name = image.file_name
+    except ImageListError as exc:
+        raise TorrentError(str(exc))
     # Like the lists: HTTPS with the site's CA options (http only where allowed), never a local path.
-    data = fetch_bytes(uri, MAX_TORRENT_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="torrent", allow_local=False)
-    meta = torrent_module.check_torrent(data, expected_name=torrent_name_for(image), expected_size=planned.size, expected_v1=image["vmic:btih_v1"],
-                                        expected_v2=image["vmic:btih_v2"], expected_sha256=image["vmic:torrent_sha256"])
+    data = fetch(image.torrent_uri, MAX_TORRENT_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="torrent",
+                 allow_local=False)
+    meta = torrent_module.check_torrent(data, expected_name=name, expected_size=planned.size, expected_v1=image.btih_v1,
+                                        expected_v2=image.btih_v2, expected_sha256=image.torrent_sha256)
     return data, meta
 
 
@@ -468,7 +465,7 @@ def _discard_taken(store, planned):
     store.discard_partial(planned.identifier, planned.version)
     final = store.final_dir(planned.identifier, planned.version)
     target = os.path.join(final, planned.name)
-    if getattr(planned, "taken", False) and os.path.lexists(target):
+    if planned.taken and os.path.lexists(target):
         os.unlink(target)
     if os.path.isdir(final) and not os.listdir(final):
         os.rmdir(final)
@@ -485,13 +482,12 @@ def _give_back(store, engine, planned, data):
 
 
 def _meta(planned, key):
-    return {"sha512": planned.sha512, "size": planned.size, "list": planned.list_identifier, "title": planned.image.get("dc:title"),
-            "btih_v1": planned.image.get("vmic:btih_v1"), "btih_v2": planned.image.get("vmic:btih_v2"), "engine_key": key,
-            "endorser": getattr(planned, "endorser", None)}
+    return {"sha512": planned.sha512, "size": planned.size, "list": planned.list_identifier, "title": planned.image.title,
+            "btih_v1": planned.image.btih_v1, "btih_v2": planned.image.btih_v2, "engine_key": key, "endorser": planned.endorser}
 
 
 def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None,
-             allow_http=False):
+             allow_http=False, fetch=fetch_bytes):
     """Download and verify every image to add; commit all only when all verified. Returns per-image results.
 
     An image whose bytes (sha512 and size) a held image or another image of this run already has is not
@@ -519,7 +515,7 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     if need > free:
         raise StoreError("image store %s: too little disk: %d bytes needed, %d free; nothing was changed" % (store.store_dir, need, free))
 
-    torrents = dict((id(planned), _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http)) for planned in plan.add)
+    torrents = dict((id(planned), _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http, fetch)) for planned in plan.add)
     for planned in plan.add:
         planned.name = torrents[id(planned)][1].name
         planned.started = time.time()
@@ -630,7 +626,7 @@ def _source_name(planned):
 def _result(planned, action, directory):
     status = planned.status
     return {
-        "identifier": planned.identifier, "version": planned.version, "title": planned.image.get("dc:title"), "action": action,
+        "identifier": planned.identifier, "version": planned.version, "title": planned.image.title, "action": action,
         "seconds": round((planned.finished or time.time()) - planned.started, 2),
         "bytes_from_peers": status.get("bytes_from_peers", 0), "bytes_from_web_seed": status.get("bytes_from_web_seed", 0),
         "bytes_from_seeds": status.get("bytes_from_seeds", 0), "path": os.path.join(directory, planned.name),

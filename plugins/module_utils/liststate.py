@@ -22,17 +22,14 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import re
 import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited, write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import is_endorser_name, is_lower_uuid
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import compare_versions
 
 MAX_STATE_BYTES = 64 * 1024
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-# The endorser names of truststore.EndorserRegistry (safe as a directory name).
-_ENDORSER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class StateError(VmicError):
@@ -46,9 +43,9 @@ class ListStateStore(object):
         self.state_dir = state_dir
 
     def _path(self, endorser, identifier):
-        if not isinstance(endorser, str) or not _ENDORSER_RE.match(endorser) or endorser in (".", ".."):
+        if not is_endorser_name(endorser):
             raise StateError("endorser name %r cannot key list state" % (endorser,))
-        if not isinstance(identifier, str) or not _UUID_RE.match(identifier):
+        if not is_lower_uuid(identifier):
             raise StateError("list identifier %r is not a lower-case UUID" % (identifier,))
         return os.path.join(self.state_dir, endorser, "%s.json" % identifier)
 

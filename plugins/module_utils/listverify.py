@@ -24,7 +24,7 @@ import hashlib
 import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError
-from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import ImageListError, compare_versions, parse_image_list
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import ImageList, ImageListError, compare_versions, parse_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached, verify_endorser_binding
 
 # Clocks on hypervisors drift a little; a list created a few minutes "in the future" is not an attack.
@@ -32,13 +32,19 @@ CLOCK_SKEW_SECONDS = 300
 
 
 class ListVerdict(object):
-    """The outcome of verifying one image list."""
+    """The outcome of verifying one image list: the object policy and the sync planner work on.
+
+    ``image_list`` is the parsed :class:`imagelist.ImageList` (None when the list could not be read);
+    ``images`` its :class:`imagelist.Image` objects. ``subscription`` is the site's subscription the list
+    was fetched for (image_sync sets it), so that a refused list still names whose images it covers.
+    """
 
     def __init__(self, source):
         self.source = source
         self.valid = False
         self.reasons = []
         self.image_list = None
+        self.subscription = None
         self.signature = None        # the smime.SignatureVerdict the signer fields come from
         self.endorser = None
         self.revoked = False         # definite: the subscribed endorser's revoked certificate signed this list
@@ -62,9 +68,31 @@ class ListVerdict(object):
         """Digest algorithm of the signature."""
         return self.signature.digest if self.signature else None
 
+    @property
+    def images(self):
+        """The list's images (empty when it could not be read)."""
+        return self.image_list.images if self.image_list is not None else []
+
+    @property
+    def identifier(self):
+        """The list UUID (None when it could not be read)."""
+        return self.image_list.identifier if self.image_list is not None else None
+
+    @property
+    def version(self):
+        """The list's hv:version (None when it could not be read)."""
+        return self.image_list.version if self.image_list is not None else None
+
     def refuse(self, reason):
         """Add a reason, prefixed with the list's source."""
         self.reasons.append("image list %s: %s" % (self.source, reason))
+
+    @classmethod
+    def unreadable(cls, source, reason):
+        """The verdict on a list that could not even be fetched or read (``reason`` names it already)."""
+        verdict = cls(source)
+        verdict.reasons.append(reason)
+        return verdict
 
     def to_result(self):
         """Plain data for a module result."""
@@ -87,6 +115,34 @@ class ListVerdict(object):
             result["metadata"] = self.image_list.metadata()
             result["images"] = [image.to_dict() for image in self.image_list.images]
         return result
+
+
+def from_results(results):
+    """imagelist_verify results, read back into verdicts (the module boundary of image_policy).
+
+    Only valid results carry images on; each is rebuilt as an :class:`imagelist.ImageList` from its
+    metadata and images, so that policy works on the same objects as on a host.
+    """
+    verdicts = []
+    for index, result in enumerate(results or [], 1):
+        where = "lists[%d]" % index
+        if not isinstance(result, dict):
+            raise ImageListError("%s: not a result of imagelist_verify but %s" % (where, type(result).__name__))
+        verdict = ListVerdict(result.get("source") or where)
+        verdict.reasons = list(result.get("reasons") or [])
+        verdict.revoked = bool(result.get("revoked"))
+        if result.get("valid") is True:
+            body = dict((key, value) for key, value in (result.get("metadata") or {}).items() if key != "legacy_unwrapped")
+            body["hv:images"] = result.get("images") or []
+            try:
+                verdict.image_list = ImageList({"hv:imagelist": body}, verdict.source)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ImageListError("%s: not a verified list as imagelist_verify returns it (%s %s)" % (where, type(exc).__name__, exc))
+            verdict.valid = True
+            verdict.endorser = result.get("endorser")
+            verdict.expired_images = list(result.get("expired_images") or [])
+        verdicts.append(verdict)
+    return verdicts
 
 
 def _check_identity(verdict, signature, image_list):

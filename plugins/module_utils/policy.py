@@ -36,6 +36,7 @@ that names its identifier. publish.yml, rollout.yml and status.yml all pass the 
 from __future__ import annotations
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, PolicyError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import ENDORSER_FIELD, LIST_FIELD, SCOPE_FIELD
 
 MAX_RULES = 1000
 CRITERIA = ("endorser", "identifier", "vo", "os", "osversion", "arch", "hypervisor", "format", "list", "jmespath")
@@ -163,11 +164,11 @@ def identity(endorser, identifier):
 
 
 class Candidate(object):
-    """An endorsed image with the facts rules look at."""
+    """An endorsed image (an :class:`imagelist.Image` of a verified list) with the facts rules look at."""
 
     def __init__(self, image, list_identifier, endorser):
         self.image = image
-        self.identifier = image["dc:identifier"].lower()
+        self.identifier = image.identifier
         self.list_identifier = list_identifier
         self.endorser = endorser
         self.notes = []
@@ -176,14 +177,20 @@ class Candidate(object):
             "identifier": self.identifier,
             "list": list_identifier.lower(),
         }
-        for key, field in (("vo", "ad:vo"), ("os", "sl:os"), ("osversion", "sl:osversion"), ("hypervisor", "hv:hypervisor"),
-                           ("format", "hv:format")):
-            value = image.get(field)
+        for key, value in (("vo", image.vo), ("os", image.os), ("osversion", image.osversion), ("hypervisor", image.hypervisor),
+                           ("format", image.format)):
             self.facts[key] = value.strip().casefold() if isinstance(value, str) and value.strip() else None
-        self.facts["arch"] = normalise_arch(image.get("sl:arch")) if image.get("sl:arch") else None
-        self.document = dict(image)
-        self.document["vmic:list"] = list_identifier
-        self.document["vmic:endorser"] = endorser
+        self.facts["arch"] = normalise_arch(image.arch) if image.arch else None
+        self._document = None
+
+    @property
+    def document(self):
+        """What JMESPath rules read: the image as signed (normalised) plus vmic:list and vmic:endorser."""
+        if self._document is None:
+            self._document = self.image.to_dict()
+            self._document[LIST_FIELD] = self.list_identifier
+            self._document[ENDORSER_FIELD] = self.endorser
+        return self._document
 
     @property
     def identity(self):
@@ -204,18 +211,28 @@ class Decision(object):
         self.reasons = []
         self.scope = {}
 
+    def scope_lists(self):
+        """The scope as sorted lists (clusters, subclusters), for results."""
+        return dict((key, sorted(values)) for key, values in self.scope.items())
+
+    def approved_image(self):
+        """The approved image as image_policy returns it: the signed fields plus vmic:list, vmic:endorser, vmic:scope."""
+        image = dict(self.candidate.document)
+        image[SCOPE_FIELD] = self.scope_lists()
+        return image
+
     def to_dict(self):
         """Plain data for module results."""
         image = self.candidate.image
         return {
             "identifier": self.candidate.identifier,
-            "title": image.get("dc:title"),
-            "version": image.get("hv:version"),
+            "title": image.title,
+            "version": image.version,
             "list": self.candidate.list_identifier,
             "endorser": self.candidate.endorser,
             "approved": self.approved,
             "reasons": self.reasons + self.candidate.notes,
-            "scope": dict((key, sorted(values)) for key, values in self.scope.items()),
+            "scope": self.scope_lists(),
         }
 
 
@@ -244,27 +261,25 @@ def _decide(policy, candidate, known):
     return decision
 
 
-def evaluate(policy, verified_lists, known=(), now=None, incumbents=()):
+def evaluate(policy, verdicts, known=(), now=None, incumbents=()):
     """Decide on every image of every valid list.
 
-    ``verified_lists`` are listverify results (dicts with valid, endorser, metadata, images,
-    expired_images). Images from refused lists are never considered. ``known`` holds the identities
+    ``verdicts`` are :class:`listverify.ListVerdict` objects (``listverify.from_results`` reads them back
+    from module results). Images from refused lists are never considered. ``known`` holds the identities
     (``endorser/uuid``) the site approved before; ``incumbents`` those a host already holds (they win
     identifier conflicts on that host, but do not count as approved before). Returns a list of Decisions.
     """
     known = frozenset(item for item in known)
     decisions = []
-    for entry in verified_lists:
-        if not isinstance(entry, dict) or not entry.get("valid"):
+    for verdict in verdicts:
+        if not verdict.valid:
             continue
-        metadata = entry.get("metadata") or {}
-        list_identifier = metadata.get("dc:identifier", "")
-        expired = frozenset(entry.get("expired_images") or ())
-        for image in entry.get("images") or []:
-            candidate = Candidate(image, list_identifier, entry.get("endorser"))
+        expired = frozenset(verdict.expired_images)
+        for image in verdict.images:
+            candidate = Candidate(image, verdict.identifier, verdict.endorser)
             if candidate.identifier in expired:
                 decision = Decision(candidate)
-                decision.reasons.append("image expired %s" % image.get("dc:date:expires"))
+                decision.reasons.append("image expired %s" % image.expires)
             else:
                 decision = _decide(policy, candidate, known)
             decisions.append(decision)

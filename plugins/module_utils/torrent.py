@@ -17,19 +17,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 import shutil
 import tempfile
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import LimitError, TorrentError
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import HEX40_RE, HEX64_RE, MAX_TORRENT_BYTES
 from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent
 
 DEFAULT_PIECE_SIZE = 4 * 1024 * 1024
 MIN_PIECE_SIZE = 16 * 1024
 MAX_PIECE_SIZE = 64 * 1024 * 1024
-# The one size limit of a .torrent, wherever one is read: 10 MiB holds the hashes of an image of about
-# 800 GB in 4 MiB pieces (52 bytes per piece), and its base64 form still fits in one engine request.
-MAX_TORRENT_BYTES = 10 * 1024 * 1024
+# MAX_TORRENT_BYTES (identifiers.py) is the one size limit of a .torrent, wherever one is read: 10 MiB holds
+# the hashes of an image of about 800 GB in 4 MiB pieces (52 bytes per piece), and its base64 form still fits
+# in one engine request.
 MAX_NAME_BYTES = 255
 MAX_URL_BYTES = 2048
 MAX_URLS = 64
@@ -41,8 +41,6 @@ BYTES_PER_PIECE = 20 + 32
 _LIMIT_MESSAGES = ("nesting depth exceeded", "item count limit exceeded", "too many pieces")
 _DECODE_MESSAGES = ("bencoded", "integer overflow")
 
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _URL_SCHEMES = ("http://", "https://", "udp://")
 
 
@@ -275,9 +273,9 @@ def check_torrent(data, expected_name, expected_size, expected_v1, expected_v2, 
 
     The sha256 of the bytes is compared first, so that nothing unverified reaches the parser.
     """
-    want_sha256 = _expected_hex(expected_sha256, _HEX64, what, "sha256")
-    want_v1 = _expected_hex(expected_v1, _HEX40, what, "info_hash_v1")
-    want_v2 = _expected_hex(expected_v2, _HEX64, what, "info_hash_v2")
+    want_sha256 = _expected_hex(expected_sha256, HEX64_RE, what, "sha256")
+    want_v1 = _expected_hex(expected_v1, HEX40_RE, what, "info_hash_v1")
+    want_v2 = _expected_hex(expected_v2, HEX64_RE, what, "info_hash_v2")
     if not isinstance(data, (bytes, bytearray)):
         raise TorrentError("%s: data is not bytes" % what)
     if len(data) > MAX_TORRENT_BYTES:
@@ -303,7 +301,7 @@ def check_torrent(data, expected_name, expected_size, expected_v1, expected_v2, 
 
 def v2_truncated(info_hash_v2_hex):
     """The first 20 bytes of the v2 info-hash, as 40 hex: what trackers and v1 peers see for the v2 swarm."""
-    text = _expected_hex(info_hash_v2_hex, _HEX64, "v2_truncated", "info_hash_v2")
+    text = _expected_hex(info_hash_v2_hex, HEX64_RE, "v2_truncated", "info_hash_v2")
     return text[:40]
 
 

@@ -184,15 +184,11 @@ updated:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import ApprovedSetStore, approved_set, check_known
+from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import ApprovedSetStore, approve, check_known
 from ansible_collections.vmic.fleet.plugins.module_utils.argspec import policy_argument_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
-from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy, evaluate, select
-
-
-def summary(approved):
-    """One line per approved image, sorted, for the diff."""
-    return "".join("%s %s %s\n" % (key, value.get("version"), value.get("title")) for key, value in sorted(approved.items()))
+from ansible_collections.vmic.fleet.plugins.module_utils.listverify import from_results
+from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy, select
 
 
 def main():
@@ -208,46 +204,24 @@ def main():
     )
     params = module.params
     try:
-        policy = Policy(params["policy"])
         store = ApprovedSetStore(params["state_dir"])
-        previous = store.load()
-        decisions = evaluate(policy, params["lists"], known=set(previous) | check_known(params["known_images"]))
-        selected = select(decisions, params["hosts"])
+        approval = approve(Policy(params["policy"]), from_results(params["lists"]), store, known=check_known(params["known_images"]))
+        selected = select(approval.decisions, params["hosts"])
+        if approval.changed and params["state_dir"] and not module.check_mode:
+            store.save(approval.current)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
-
-    approved_images = []
-    for decision in decisions:
-        if not decision.approved:
-            continue
-        image = dict(decision.candidate.image)
-        image["vmic:list"] = decision.candidate.list_identifier
-        image["vmic:endorser"] = decision.candidate.endorser
-        image["vmic:scope"] = decision.to_dict()["scope"]
-        approved_images.append(image)
-    current = approved_set(decisions)
-    added = sorted(set(current) - set(previous))
-    removed = sorted(set(previous) - set(current))
-    updated = sorted(key for key in set(current) & set(previous)
-                     if (current[key]["version"], current[key]["sha512"]) != (previous[key].get("version"), previous[key].get("sha512")))
-    changed = bool(added or removed or updated)
-    if changed and params["state_dir"] and not module.check_mode:
-        try:
-            store.save(current)
-        except VmicError as exc:
-            module.fail_json(msg=str(exc))
     result = dict(
-        changed=changed,
-        approved=approved_images,
-        decisions=[decision.to_dict() for decision in decisions],
+        changed=approval.changed,
+        approved=approval.approved_images(),
+        decisions=[decision.to_dict() for decision in approval.decisions],
         selected=selected,
-        added=added,
-        removed=removed,
-        updated=updated,
+        added=approval.added,
+        removed=approval.removed,
+        updated=approval.updated,
     )
     if module._diff:
-        result["diff"] = {"before_header": "approved images", "after_header": "approved images",
-                          "before": summary(previous), "after": summary(current)}
+        result["diff"] = approval.diff()
     module.exit_json(**result)
 
 

@@ -503,9 +503,8 @@ def main():
         state = ListStateStore(params["state_dir"])
         verdicts = verify_lists(params["lists"], trust, registry, state, allow_legacy_digests=params["allow_legacy_digests"],
                                 record=not module.check_mode, https_ca_file=params["https_ca_file"], allow_http=params["allow_http"])
-        result["lists"] = [dict(source=v["source"], valid=v["valid"], reasons=v["reasons"], revoked=bool(v.get("revoked")),
-                                endorser=v["subscription"]["endorser"], identifier=v["subscription"]["identifier"],
-                                version=(v.get("metadata") or {}).get("hv:version")) for v in verdicts]
+        result["lists"] = [dict(source=v.source, valid=v.valid, reasons=v.reasons, revoked=v.revoked, endorser=v.subscription["endorser"],
+                                identifier=v.subscription["identifier"], version=v.version) for v in verdicts]
         plan = plan_sync(verdicts, policy, params["profile"], store, known=check_known(params["known_images"]))
         result["plan"] = plan.to_dict()
         result["refused_lists"] = result["plan"]["refused"]

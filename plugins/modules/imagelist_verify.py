@@ -293,6 +293,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmic.fleet.plugins.module_utils.argspec import trust_argument_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_ENVELOPE_BYTES
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.liststate import ListStateStore
 from ansible_collections.vmic.fleet.plugins.module_utils.truststore import EndorserRegistry, TrustStore
@@ -311,7 +312,7 @@ def main():
             allow_legacy_digests=dict(type="bool", default=False),
             allow_http=dict(type="bool", default=False),
             https_ca_file=dict(type="path"),
-            max_bytes=dict(type="int", default=16 * 1024 * 1024),
+            max_bytes=dict(type="int", default=MAX_ENVELOPE_BYTES),
             timeout=dict(type="int", default=30),
         ),
         mutually_exclusive=[("ca_path", "ca_file")],

@@ -5,6 +5,8 @@ import pytest
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import PolicyError
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy, evaluate, select
 
+from models import verdict
+
 LIST_A = "11111111-1111-4111-8111-111111111111"
 LIST_B = "22222222-2222-4222-8222-222222222222"
 LIST_C = "44444444-4444-4444-8444-444444444444"
@@ -12,7 +14,8 @@ LIST_C = "44444444-4444-4444-8444-444444444444"
 
 def image(uuid, title="img", vo="atlas", os_="Linux", arch="x86_64", hypervisor="kvm", **extra):
     meta = {"dc:identifier": uuid, "dc:title": title, "ad:vo": vo, "sl:os": os_, "sl:arch": arch,
-            "hv:hypervisor": hypervisor, "hv:version": "1", "hv:size": 1, "sl:checksum:sha512": "a" * 128}
+            "hv:hypervisor": hypervisor, "hv:version": "1", "hv:size": 1, "sl:checksum:sha512": "a" * 128,
+            "hv:uri": "https://repo.test/%s.img" % uuid}
     meta.update(extra)
     return meta
 
@@ -25,13 +28,17 @@ U4 = "aaaaaaaa-0000-4000-8000-000000000004"
 
 def lists():
     return [
-        {"valid": True, "endorser": "cern", "metadata": {"dc:identifier": LIST_A}, "expired_images": [],
-         "images": [image(U1, "CernVM"), image(U2, "test image", vo="cms", arch="amd64")]},
-        {"valid": True, "endorser": "desy", "metadata": {"dc:identifier": LIST_B}, "expired_images": [U4],
-         "images": [image(U3, "Xen box", hypervisor="xen", os_="FreeBSD"), image(U4, "old")]},
-        {"valid": False, "endorser": None, "metadata": {"dc:identifier": "33333333-3333-4333-8333-333333333333"},
-         "images": [image("bbbbbbbb-0000-4000-8000-000000000009", "from a refused list")]},
+        verdict("cern", LIST_A, [image(U1, "CernVM"), image(U2, "test image", vo="cms", arch="amd64")]),
+        verdict("desy", LIST_B, [image(U3, "Xen box", hypervisor="xen", os_="FreeBSD"), image(U4, "old")], expired=[U4]),
+        refused_with_images(),
     ]
+
+
+def refused_with_images():
+    """A refused list that still carries (unverified) images: none of them may be considered."""
+    refused = verdict("other", "33333333-3333-4333-8333-333333333333", [image("bbbbbbbb-0000-4000-8000-000000000009", "from a refused list")])
+    refused.valid = False
+    return refused
 
 
 def decide(spec, known=()):
@@ -93,8 +100,7 @@ def test_new_images_known_under_another_endorser_refused():
 
 def test_identifier_claimed_by_two_lists_of_one_endorser_refused():
     data = lists()
-    data.append({"valid": True, "endorser": "cern", "metadata": {"dc:identifier": LIST_C}, "expired_images": [],
-                 "images": [image(U1, "second copy")]})
+    data.append(verdict("cern", LIST_C, [image(U1, "second copy")]))
     decisions = evaluate(Policy({"rules": [{"action": "approve", "os": "linux"}]}), data)
     assert not any(d.approved for d in decisions if d.candidate.identifier == U1)
 
@@ -102,7 +108,8 @@ def test_identifier_claimed_by_two_lists_of_one_endorser_refused():
 def squatted_lists():
     """desy lists cern's image identifier U1 (an endorser squatting another's identifier)."""
     data = lists()
-    data[1]["images"].append(image(U1, "impostor"))
+    data[1] = verdict("desy", LIST_B, [image(U3, "Xen box", hypervisor="xen", os_="FreeBSD"), image(U4, "old"), image(U1, "impostor")],
+                      expired=[U4])
     return data
 
 

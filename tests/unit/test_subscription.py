@@ -146,8 +146,8 @@ def test_one_corrupt_state_file_blocks_every_list_refused(site, tmp_path):
     verdicts = verify_lists([{"src": str(victim), "endorser": "victim", "identifier": LIST_ID},
                              {"src": str(other), "endorser": "attacker", "identifier": OTHER_LIST}],
                             site["trust"], site["registry"], site["state"])
-    assert [v["valid"] for v in verdicts] == [False, True]
-    assert "unreadable" in verdicts[0]["reasons"][0] and verdicts[0]["subscription"]["endorser"] == "victim"
+    assert [v.valid for v in verdicts] == [False, True]
+    assert "unreadable" in verdicts[0].reasons[0] and verdicts[0].subscription["endorser"] == "victim"
 
 
 def test_upgrade_window_rollback_refused(site):

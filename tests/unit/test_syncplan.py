@@ -1,7 +1,7 @@
 """The sync plan of one hypervisor: each list judged on its own, images named by (endorser, identifier).
 
-These tests give ``plan_sync`` verdicts as the list verification returns them (plain data, as in
-python-tuf's simulator-driven tests) and a real image store on disk; the verification itself is
+These tests give ``plan_sync`` verdicts as the list verification returns them (tests/unit/models.py, as
+in python-tuf's simulator-driven tests) and a real image store on disk; the verification itself is
 tested against real openssl in test_listverify.py and test_subscription.py, and the whole path
 end to end in tests/swarm/test_image_sync.py.
 """
@@ -15,6 +15,8 @@ from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import Image
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import engine_owner, plan_sync
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy
 
+from models import verdict
+
 LIST_A = "11111111-1111-4111-8111-111111111111"
 LIST_B = "22222222-2222-4222-8222-222222222222"
 U1 = "aaaaaaaa-0000-4000-8000-000000000001"
@@ -26,13 +28,6 @@ APPROVE_ALL = Policy({"rules": [{"action": "approve", "endorser": ["cern", "desy
 def image(uuid, version="1", title="img"):
     return {"dc:identifier": uuid, "dc:title": title, "hv:version": version, "hv:size": 4,
             "sl:checksum:sha512": SHA[uuid], "hv:uri": "https://repo.test/images/%s.img" % uuid[-1]}
-
-
-def verdict(endorser, list_id, images, valid=True, revoked=False, reasons=()):
-    source = "https://repo.test/%s.list" % endorser
-    return {"source": source, "valid": valid, "revoked": revoked, "endorser": endorser if valid else None,
-            "reasons": list(reasons), "metadata": {"dc:identifier": list_id} if valid else None, "expired_images": [],
-            "images": images if valid else [], "subscription": {"src": source, "endorser": endorser, "identifier": list_id}}
 
 
 def hold(store, uuid, version, endorser, list_id):
