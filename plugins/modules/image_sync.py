@@ -250,26 +250,10 @@ refused_lists:
   description:
     - The subscriptions whose list was refused this run. Their images are kept as they are (RV(plan.held)),
       except when the signer is revoked - then they are retired.
+    - Each has C(source), C(endorser), C(identifier), C(revoked) and C(reasons), as in RV(lists).
   returned: always
   type: list
   elements: dict
-  contains:
-    source:
-      description: The list's O(lists[].src).
-      type: str
-    endorser:
-      description: The subscription's O(lists[].endorser).
-      type: str
-    identifier:
-      description: The subscription's list UUID (lower case).
-      type: str
-    revoked:
-      description: Whether the site's CRLs revoke the signer's certificate (or a CA of its chain).
-      type: bool
-    reasons:
-      description: Every reason the list was refused.
-      type: list
-      elements: str
   sample:
     - source: https://repo.example.org/lists/base.list
       endorser: example-it
@@ -277,20 +261,13 @@ refused_lists:
       revoked: false
       reasons: ["image list https://repo.example.org/lists/base.list: expired at 2024-05-01T00:00:00Z"]
 images:
-  description: One entry per image added (or, with O(phase=download), downloaded) in this run.
+  description:
+    - One entry per image added (or, with O(phase=download), downloaded) in this run, named by its
+      C(identifier) (lower case), C(version) (C(hv:version)) and C(title) (C(dc:title)).
   returned: always
   type: list
   elements: dict
   contains:
-    identifier:
-      description: The image UUID (lower case).
-      type: str
-    version:
-      description: The image's C(hv:version).
-      type: str
-    title:
-      description: The image's C(dc:title).
-      type: str
     action:
       description:
         - V(added), V(downloaded) (O(phase=download)), or V(added (same bytes as <identifier> <version>, no transfer))
@@ -322,17 +299,13 @@ images:
       bytes_from_seeds: 536870912
       path: /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/3/debian12.qcow2
 retired:
-  description: Images retired in this run, and downloads discarded because no image to add uses them.
+  description:
+    - Images retired in this run, and downloads discarded because no image to add uses them, each named by
+      its C(identifier) (the image UUID) and C(version).
   returned: always
   type: list
   elements: dict
   contains:
-    identifier:
-      description: The image UUID.
-      type: str
-    version:
-      description: The image's version.
-      type: str
     action:
       description: V(retired (archive)), V(retired (delete)) or V(discarded download).
       type: str
@@ -345,17 +318,13 @@ retired:
       version: "2"
       action: retired (archive)
 in_use:
-  description: Images that should be retired but are open by a process; kept until a later run.
+  description:
+    - Images that should be retired but are open by a process; kept until a later run. Each has the
+      C(identifier) and C(version) of RV(retired), and C(path).
   returned: always
   type: list
   elements: dict
   contains:
-    identifier:
-      description: The image UUID.
-      type: str
-    version:
-      description: The image's version.
-      type: str
     path:
       description: The image file that is open.
       type: str
@@ -364,48 +333,17 @@ in_use:
       version: "2"
       path: /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/2/debian12.qcow2
 held:
-  description: The images the store holds after the run.
+  description:
+    - The images the store holds after the run, each with the fields of RV(vmic.fleet.image_info#module:images)
+      (identifier, version, path, size, sha512, list, title, verified_at, btih_v1).
   returned: when not in check mode
   type: list
   elements: dict
-  contains:
-    identifier:
-      description: The image UUID.
-      type: str
-    version:
-      description: The image's C(hv:version).
-      type: str
-    path:
-      description: The image file.
-      type: str
-    size:
-      description: Size in bytes, as signed (C(hv:size)).
-      type: int
-    sha512:
-      description: sha512 of the file, as signed (C(sl:checksum:sha512)).
-      type: str
-    list:
-      description: UUID of the list the image came from.
-      type: str
-    title:
-      description: The image's C(dc:title).
-      type: str
-    verified_at:
-      description: When the file was verified and committed (UTC).
-      type: str
-    btih_v1:
-      description: The v1 info-hash of the image's torrent.
-      type: str
   sample:
     - identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
       version: "3"
-      path: /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/3/debian12.qcow2
-      size: 2147483648
-      sha512: 9b71d224bd62f3785d96d46ad3ea3d73319bfbc2890caadae2dff72519673ca72323c3d99ba5c11d7c7acc6e14b8c5da0c4663475c2e5c3adef46f73bcdec043
-      list: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
       title: Debian 12
-      verified_at: "2025-03-04T10:15:02Z"
-      btih_v1: 3c1f5b0e2a6d4f8e9b7a1c2d3e4f5a6b7c8d9e0f
+      path: /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/3/debian12.qcow2
 lists:
   description: The verdict of each subscribed list, in the order of O(lists).
   returned: always
