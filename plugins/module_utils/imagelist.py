@@ -226,12 +226,8 @@ class Image(object):
 
     @property
     def file_name(self):
-        """The image's file name: the last path component of its signed hv:uri (its torrent must carry it;
-        the store keeps the file under it)."""
-        name = unquote(posixpath.basename(urlparse(self.uri).path))
-        if not name or name in (".", "..") or "/" in name or "\x00" in name:
-            raise ImageListError("image %s: hv:uri %s names no file" % (self.identifier, self.uri))
-        return name
+        """The image's file name (:func:`file_name_of`)."""
+        return file_name_of(self.uri, self.identifier)
 
     def expired(self, now):
         """True when the image carries its own expiry date and it has passed."""
@@ -246,6 +242,15 @@ class Image(object):
         if self.vo is not None:
             result.setdefault("ad:vo", self.vo)
         return result
+
+
+def file_name_of(uri, identifier):
+    """An image's file name: the last path component of its hv:uri. Its torrent must carry this name, the
+    store keeps the file under it, and the publisher names the .torrent after it."""
+    name = unquote(posixpath.basename(urlparse(uri).path))
+    if not name or name in (".", "..") or "/" in name or "\x00" in name:
+        raise ImageListError("image %s: hv:uri %s names no file" % (identifier, uri))
+    return name
 
 
 class ImageList(object):
