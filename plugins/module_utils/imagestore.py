@@ -11,6 +11,7 @@ Layout (``store_dir``, one filesystem so that every move is a rename)::
     <store_dir>/<identifier>/current                 symlink -> <version>/<file name>
     <store_dir>/.partial/<identifier>/<version>/      downloads in progress (the engine writes here; 0711 so
                                                       an engine running as its own user reaches its dirs)
+    <store_dir>/.partial/progress.json                progress of the current or last transfer (write_progress)
     <archive_dir>/<identifier>/<version>/...          retired images, when retiring by archive
 
 An image is in the store exactly when its ``<version>.json`` exists: the file is verified (size and
@@ -26,15 +27,14 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import shutil
 import time
 from stat import S_ISLNK, S_ISREG
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import fsync_dir, read_limited, write_atomic
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_TORRENT_BYTES, UUID_LOWER_RE
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import image_version_problem
-from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES
 
 PARTIAL = ".partial"
 META_SUFFIX = ".json"
@@ -42,17 +42,16 @@ TORRENT_SUFFIX = ".torrent"
 CURRENT = "current"
 HASH_CHUNK = 4 * 1024 * 1024
 MAX_META_BYTES = 1024 * 1024
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+PROGRESS_FILE = "progress.json"
+# A progress entry is about 200 bytes: room for thousands of images in one transfer.
+MAX_PROGRESS_BYTES = 4 * 1024 * 1024
 
 
 def file_digest(path):
     """sha512 (hex) and size of a file, read in chunks."""
     digest, size = hashlib.sha512(), 0
     with open(path, "rb") as handle:
-        while True:
-            chunk = handle.read(HASH_CHUNK)
-            if not chunk:
-                break
+        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
@@ -199,7 +198,7 @@ def check_file(path, sha512, size, what):
 
 
 def _check_names(identifier, version):
-    if not _UUID_RE.match(identifier):
+    if not UUID_LOWER_RE.match(identifier):
         raise StoreError("image identifier %r is not a lower-case UUID" % (identifier,))
     problem = image_version_problem(version)
     if problem:
@@ -280,7 +279,7 @@ class ImageStore(object):
             return result
         for identifier in sorted(os.listdir(self.store_dir)):
             directory = os.path.join(self.store_dir, identifier)
-            if not _UUID_RE.match(identifier) or not os.path.isdir(directory):
+            if not UUID_LOWER_RE.match(identifier) or not os.path.isdir(directory):
                 continue
             for entry in sorted(os.listdir(directory)):
                 if not entry.endswith(META_SUFFIX):
@@ -381,6 +380,37 @@ class ImageStore(object):
                      (json.dumps(record, sort_keys=True, indent=2) + "\n").encode("utf-8"), 0o644)
         self._switch_current(directory, os.path.join(version, name))
 
+    def progress_path(self):
+        """The progress file of the current or last transfer (in the partial area)."""
+        return os.path.join(self.store_dir, PARTIAL, PROGRESS_FILE)
+
+    def write_progress(self, progress):
+        """Write the progress of a transfer (a mapping, as JSON) atomically, mode 0644, for image_info to read.
+
+        StoreError when it is larger than MAX_PROGRESS_BYTES (the reader would refuse it).
+        """
+        data = json.dumps(progress, sort_keys=True).encode("utf-8")
+        if len(data) > MAX_PROGRESS_BYTES:
+            raise StoreError("image store %s: progress of %d bytes is larger than the limit of %d bytes"
+                             % (self.store_dir, len(data), MAX_PROGRESS_BYTES))
+        write_atomic(self.progress_path(), data, 0o644)
+
+    def read_progress(self):
+        """The progress of the current or last transfer as written by :meth:`write_progress`; {} when there is none.
+
+        StoreError naming the file when it is larger than MAX_PROGRESS_BYTES or not a JSON mapping.
+        """
+        path = self.progress_path()
+        try:
+            progress = json.loads(read_limited(path, MAX_PROGRESS_BYTES).decode("utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, UnicodeDecodeError, VmicError) as exc:
+            raise StoreError("image store %s: progress file %s is unreadable: %s" % (self.store_dir, path, exc))
+        if not isinstance(progress, dict):
+            raise StoreError("image store %s: progress file %s is not a JSON object" % (self.store_dir, path))
+        return progress
+
     def verify_all(self):
         """Hash every stored image again (size and sha512 against its metadata); returns the mismatches.
 
@@ -468,10 +498,27 @@ class ImageStore(object):
             return found
         for identifier in sorted(os.listdir(root)):
             directory = os.path.join(root, identifier)
-            if not _UUID_RE.match(identifier) or os.path.islink(directory) or not os.path.isdir(directory):
+            if not UUID_LOWER_RE.match(identifier) or os.path.islink(directory) or not os.path.isdir(directory):
                 continue
             for version in sorted(os.listdir(directory)):
                 path = os.path.join(directory, version)
                 if image_version_problem(version) is None and os.path.isdir(path) and not os.path.islink(path):
                     found.append((identifier, version))
         return found
+
+
+def store_info(store, engine, verify=False):
+    """What a hypervisor holds and what its engine is doing, as plain data (the image_info module's result).
+
+    ``{images, corrupt, progress, torrents, engine_error}``: the store's images (:meth:`StoredImage.to_dict`),
+    with ``verify`` the ones whose file no longer matches its metadata (:meth:`ImageStore.verify_all`), the
+    progress of the current or last transfer, and ``engine.status()``. An engine that cannot be asked is
+    reported in ``engine_error``, not raised; a store that cannot be read raises StoreError.
+    """
+    info = {"images": [image.to_dict() for image in store.images()], "corrupt": store.verify_all() if verify else [],
+            "progress": store.read_progress(), "torrents": [], "engine_error": None}
+    try:
+        info["torrents"] = engine.status()
+    except VmicError as exc:
+        info["engine_error"] = str(exc)
+    return info

@@ -28,7 +28,7 @@ options:
   verify:
     description:
       - Hash every stored image again (size and sha512 against its metadata). Reads every byte of the store.
-      - Any mismatch (a changed, truncated or missing file) fails the task; C(corrupt) names each one.
+      - Any mismatch (a changed, truncated or missing file) fails the task; RV(corrupt) names each one.
     type: bool
     default: false
 attributes:
@@ -227,23 +227,13 @@ engine_error:
   type: str
   sample: "engine /run/vmic-engine/engine.sock: status failed: No such file or directory"
 corrupt:
-  description: With O(verify=true), the stored images whose file no longer matches their metadata (empty otherwise).
+  description:
+    - With O(verify=true), the stored images whose file no longer matches their metadata (empty otherwise).
+    - Each names the image as RV(images) does (C(identifier), C(version), C(path)) and gives the C(reason) - a
+      missing file, its size or its sha512.
   returned: always
   type: list
   elements: dict
-  contains:
-    identifier:
-      description: The image UUID.
-      type: str
-    version:
-      description: The image's version.
-      type: str
-    path:
-      description: The image file.
-      type: str
-    reason:
-      description: What does not match (a missing file, its size or its sha512).
-      type: str
   sample:
     - identifier: 6f1e2d3c-4b5a-4968-8776-655443322110
       version: "3"
@@ -253,16 +243,12 @@ corrupt:
         /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/3/debian12.qcow2 does not match the signed list
 """
 
-import json
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmic.fleet.plugins.module_utils.argspec import engine_argument_spec
-from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_limited
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
-from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, ImageStore
-from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import PROGRESS_FILE, engine_from_spec
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore, store_info
+from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import engine_from_spec
 
 
 def main():
@@ -274,27 +260,17 @@ def main():
         ),
         supports_check_mode=True,
     )
-    params = module.params
-    result = dict(changed=False, images=[], progress={}, torrents=[], engine_error=None, corrupt=[])
+    store_dir = module.params["store_dir"]
     try:
-        store = ImageStore(params["store_dir"])
-        result["images"] = [image.to_dict() for image in store.images()]
-        if params["verify"]:
-            result["corrupt"] = store.verify_all()
-        progress_path = os.path.join(params["store_dir"], PARTIAL, PROGRESS_FILE)
-        if os.path.exists(progress_path):
-            result["progress"] = json.loads(read_limited(progress_path, 4 * 1024 * 1024).decode("utf-8"))
-    except (VmicError, ValueError, UnicodeDecodeError) as exc:
-        module.fail_json(msg="image store %s: %s" % (params["store_dir"], exc))
-    # The typed engine option always has a value (its defaults): the engine is always asked.
-    try:
-        result["torrents"] = engine_from_spec(params["engine"]).status()
+        info = store_info(ImageStore(store_dir), engine_from_spec(module.params["engine"]), verify=module.params["verify"])
     except VmicError as exc:
-        result["engine_error"] = str(exc)
-    if result["corrupt"]:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg="image store %s: %s" % (store_dir, exc.strerror or exc))
+    if info["corrupt"]:
         module.fail_json(msg="image store %s: %d stored image(s) no longer match their metadata: %s"
-                         % (params["store_dir"], len(result["corrupt"]), "; ".join(item["reason"] for item in result["corrupt"])), **result)
-    module.exit_json(**result)
+                         % (store_dir, len(info["corrupt"]), "; ".join(item["reason"] for item in info["corrupt"])), **info)
+    module.exit_json(changed=False, **info)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.vmic.fleet.plugins.module_utils.argspec import engine_argument_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import engine_from_spec
-from ansible_collections.vmic.fleet.plugins.module_utils.seedplan import seed_changes, torrents_to_seed
+from ansible_collections.vmic.fleet.plugins.module_utils.seedplan import plan_seeding
 
 
 def main():
@@ -94,21 +94,13 @@ def main():
     )
     params = module.params
     try:
-        wanted = torrents_to_seed(params["torrents"], params["data_dir"])
         engine = engine_from_spec(params["engine"])
-        current = set(status["key"] for status in engine.status())
-        added, removed, seeding = seed_changes(wanted, current, params["exclusive"])
+        plan = plan_seeding(params["torrents"], params["data_dir"], engine, params["exclusive"])
         if not module.check_mode:
-            for key in added:
-                engine.add(wanted[key], params["data_dir"], seed_mode=True)
-            for key in removed:
-                engine.remove(key, delete_files=False)
+            plan.apply(engine)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
-    result = dict(changed=bool(added or removed), added=added, removed=removed, seeding=seeding)
-    if module._diff:
-        result["diff"] = {"before": "".join("%s\n" % key for key in sorted(current)), "after": "".join("%s\n" % key for key in seeding)}
-    module.exit_json(**result)
+    module.exit_json(**plan.result(diff=module._diff))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import StoreError
-from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, StoreError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import MAX_PROGRESS_BYTES, ImageStore, store_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COLLECTIONS = os.path.join(ROOT, ".tmp", "collections")
@@ -203,3 +203,58 @@ def test_engine_user_owned_held_image_rewrite_refused(tmp_path):
         stat = os.stat(path)
         assert (stat.st_uid, stat.st_gid, stat.st_mode & 0o7777) == (0, 0, mode), path
     assert not store.take_ownership(image)
+
+
+def test_progress_written_atomically_and_read_back(tmp_path):
+    store = ImageStore(str(tmp_path / "store"))
+    store.ensure()
+    assert store.read_progress() == {}
+    progress = {"updated_at": "2025-03-04T10:14:20Z", "elapsed": 12.5,
+                "images": [{"identifier": UUID, "version": "1", "progress": 0.5, "state": "downloading", "total_done": 5, "size": 10}]}
+    store.write_progress(progress)
+    assert store.read_progress() == progress
+    assert os.listdir(os.path.join(store.store_dir, ".partial")) == ["progress.json"]
+    assert os.stat(store.progress_path()).st_mode & 0o777 == 0o644
+
+
+def test_oversized_or_malformed_progress_refused(tmp_path):
+    store = ImageStore(str(tmp_path / "store"))
+    store.ensure()
+    store.write_progress({"images": []})
+    with pytest.raises(StoreError, match="larger than the limit of %d bytes" % MAX_PROGRESS_BYTES):
+        store.write_progress({"images": ["x" * MAX_PROGRESS_BYTES]})
+    assert store.read_progress() == {"images": []}, "a refused write leaves the last progress in place"
+    for content in (b"x" * (MAX_PROGRESS_BYTES + 1), b"{not json", b"[1, 2]"):
+        with open(store.progress_path(), "wb") as handle:
+            handle.write(content)
+        with pytest.raises(StoreError, match="^image store %s: progress file %s " % (store.store_dir, store.progress_path())):
+            store.read_progress()
+
+
+class StatusEngine(object):
+    """An engine that answers status with fixed data, or cannot be reached."""
+
+    def __init__(self, torrents=None):
+        self.torrents = torrents
+
+    def status(self):
+        if self.torrents is None:
+            raise EngineError("engine /run/none.sock: status failed: No such file or directory")
+        return self.torrents
+
+
+def test_store_info_gathers_images_progress_and_engine_status(tmp_path):
+    store = ImageStore(str(tmp_path / "store"))
+    store.ensure()
+    image = commit(store)
+    store.write_progress({"images": []})
+    torrents = [{"key": "a" * 40, "state": "seeding"}]
+    info = store_info(store, StatusEngine(torrents))
+    assert info == {"images": [image.to_dict()], "corrupt": [], "progress": {"images": []}, "torrents": torrents, "engine_error": None}
+    os.chmod(image.path, 0o644)
+    with open(image.path, "r+b") as handle:
+        handle.write(b"!")
+    assert store_info(store, StatusEngine(torrents))["corrupt"] == [], "only verify=true reads every byte"
+    info = store_info(store, StatusEngine(), verify=True)
+    assert [item["path"] for item in info["corrupt"]] == [image.path] and "sha512" in info["corrupt"][0]["reason"]
+    assert info["torrents"] == [] and info["engine_error"] == "engine /run/none.sock: status failed: No such file or directory"
