@@ -169,6 +169,7 @@ class TorrentPublisher(object):
         self.piece_size = piece_size
         self.check_mode = check_mode
         self.written = []
+        self.torrents = []    # every torrent of the list: written or reused
 
     def __call__(self, image, path):
         from ansible_collections.vmic.fleet.plugins.module_utils import torrent  # pylint: disable=import-outside-toplevel
@@ -195,6 +196,7 @@ class TorrentPublisher(object):
                     os.makedirs(self.torrent_dir, mode=0o755)
                 write_atomic(target, meta.data, 0o644)
             self.written.append(target)
+        self.torrents.append(target)
         image = dict(image)
         image.update({
             "vmic:torrent": self.base_url + quote(name) + ".torrent",

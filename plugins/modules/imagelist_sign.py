@@ -22,6 +22,8 @@ description:
     changes nothing. C(dc:date:created) and C(dc:date:expires) are set from O(lifetime_days); the list is
     re-signed (and bumped) when less than O(renew_before_days) remain.
   - The signed list is written atomically; a failed run leaves the previous list in place.
+  - O(mode), O(owner), O(group) and the SELinux options apply to O(dest) and to each C(.torrent) in O(torrent_dir);
+    files are written 0644 when O(mode) is not given.
   - The signer records the last C(hv:version) it published of each list (by list UUID) and the sha256 of
     that payload in O(state_file). When the list at O(dest) is missing or unreadable, signing continues
     above the recorded version instead of starting again at 1 (which every hypervisor would refuse as
@@ -107,10 +109,6 @@ options:
         the version can restart at 1.
       - Defaults to C(.<name of dest>.signer-state.json) in the directory of O(dest).
     type: path
-  mode:
-    description: File mode of O(dest).
-    type: raw
-    default: "0644"
 attributes:
   check_mode:
     support: full
@@ -119,6 +117,7 @@ attributes:
     support: full
     description: Shows the list version and its images (identifier, version, size, digest prefix) before and after.
 extends_documentation_fragment:
+  - ansible.builtin.files
   - vmic.fleet.action_group
 """
 
@@ -130,6 +129,9 @@ EXAMPLES = r"""
     cert: /etc/vmic/endorser/cert.pem
     key: /etc/vmic/endorser/key.pem
     lifetime_days: 28
+    owner: root
+    group: www-data
+    mode: "0644"
 
 - name: Sign from inline data
   vmic.fleet.imagelist_sign:
@@ -201,6 +203,14 @@ from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
     publish_signed_list)
 
 
+def set_file_attributes(module, paths, changed):
+    """Apply the file common arguments (mode, owner, group, SELinux) to each of ``paths`` that exists; the new ``changed``."""
+    for path in paths:
+        if os.path.lexists(path):
+            changed = module.set_fs_attributes_if_different(module.load_file_common_arguments(module.params, path=path), changed)
+    return changed
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -220,20 +230,16 @@ def main():
             piece_size=dict(type="int", default=4 * 1024 * 1024),
             hash_cache=dict(type="path"),
             state_file=dict(type="path"),
-            mode=dict(type="raw", default="0644"),
         ),
         mutually_exclusive=[("catalogue", "catalogue_data")],
         required_together=[("torrent_dir", "torrent_base_url")],
         required_one_of=[("catalogue", "catalogue_data")],
+        add_file_common_args=True,
         supports_check_mode=True,
     )
     params = module.params
     if params["lifetime_days"] < 1 or params["renew_before_days"] < 0 or params["renew_before_days"] >= params["lifetime_days"]:
         module.fail_json(msg="lifetime_days must be at least 1 and renew_before_days between 0 and lifetime_days - 1")
-    try:
-        mode = int(str(params["mode"]), 8)
-    except ValueError:
-        module.fail_json(msg="mode %r is not an octal file mode" % (params["mode"],))
     try:
         if params["catalogue"]:
             catalogue, where = load_catalogue(params["catalogue"]), params["catalogue"]
@@ -253,7 +259,7 @@ def main():
                                 hasher=cache.hash, image_hook=publisher, state=state)
         if not module.check_mode:
             cache.save()
-            publish_signed_list(params["dest"], plan, state, mode)
+            publish_signed_list(params["dest"], plan, state)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
     except AtomicWriteError as exc:
@@ -263,8 +269,9 @@ def main():
 
     image_list = plan.image_list
     torrents = publisher.written if publisher is not None else []
+    changed = set_file_attributes(module, [params["dest"]] + (publisher.torrents if publisher is not None else []), plan.changed or bool(torrents))
     result = dict(
-        changed=plan.changed or bool(torrents),
+        changed=changed,
         state_file=state_file,
         torrents_written=torrents,
         version=image_list.version,

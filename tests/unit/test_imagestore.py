@@ -1,7 +1,6 @@
 """The image store: only verified files become visible, retirement never touches an open image."""
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -10,9 +9,7 @@ import pytest
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, StoreError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import MAX_PROGRESS_BYTES, ImageStore, store_info
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COLLECTIONS = os.path.join(ROOT, ".tmp", "collections")
+from module_run import run_module
 UUID = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 
 
@@ -171,12 +168,8 @@ def test_image_info_verify_reports_corrupt_image(tmp_path):
     image = commit(store)
 
     def run():
-        args = tmp_path / "args.json"
         engine = {"kind": "libtorrent", "socket": str(tmp_path / "none.sock")}
-        args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"store_dir": store.store_dir, "verify": True, "engine": engine}}))
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, "plugins", "modules", "image_info.py"), str(args)],
-                              stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=COLLECTIONS), check=False)
-        return json.loads(proc.stdout.decode())
+        return run_module("image_info", {"store_dir": store.store_dir, "verify": True, "engine": engine}, tmp_path)
 
     result = run()
     assert not result.get("failed") and result["corrupt"] == [] and len(result["images"]) == 1

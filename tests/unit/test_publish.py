@@ -14,6 +14,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
 from ansible_collections.vmic.fleet.plugins.module_utils.seedplan import seed_changes, torrents_to_seed
 from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached
 from ansible_collections.vmic.fleet.plugins.module_utils.truststore import TrustStore
+from module_run import run_module
 
 LIST_ID = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
 IMAGE_ID = "1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"
@@ -238,3 +239,24 @@ def test_missing_torrent_path_refused_with_its_name(pki, tmp_path, image_file):
     assert str(caught.value) == "torrent %s: No such file or directory" % missing
     wanted = torrents_to_seed([present], str(data_dir))
     assert seed_changes(wanted, ["f" * 40], exclusive=True) == (sorted(wanted), ["f" * 40], sorted(wanted))
+
+
+def test_file_common_arguments_apply_to_list_and_torrents(pki, tmp_path, image_file):
+    """imagelist_sign takes Ansible's mode/owner/group for the signed list and its torrents, without signing again."""
+    (tmp_path / "lists").mkdir()
+    dest, torrent_file = tmp_path / "lists" / "p.list", tmp_path / "torrents" / "disk.img.torrent"
+    args = {"catalogue_data": catalogue(image_file), "dest": str(dest), "cert": pki.good.cert_path, "key": pki.good.key_path,
+            "torrent_dir": str(tmp_path / "torrents"), "torrent_base_url": "https://repo.test/torrents", "piece_size": 16384,
+            "mode": "0640"}
+
+    def attributes():
+        return [(os.stat(str(path)).st_mode & 0o7777, os.stat(str(path)).st_gid) for path in (dest, torrent_file)]
+
+    first = run_module("imagelist_sign", args, tmp_path)
+    assert first["changed"] and attributes() == [(0o640, 0), (0o640, 0)]
+    assert run_module("imagelist_sign", args, tmp_path)["changed"] is False
+    args.update(mode="u=rw,go=r", group="65534")
+    assert run_module("imagelist_sign", args, tmp_path, check_mode=True)["changed"] and attributes() == [(0o640, 0), (0o640, 0)]
+    again = run_module("imagelist_sign", args, tmp_path)
+    assert again["changed"] and again["version"] == first["version"] and again["torrents_written"] == []
+    assert attributes() == [(0o644, 65534), (0o644, 65534)]
