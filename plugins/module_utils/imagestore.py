@@ -198,7 +198,7 @@ def check_file(path, sha512, size, what):
 
 
 def _check_names(identifier, version):
-    if not UUID_LOWER_RE.match(identifier):
+    if not UUID_LOWER_RE.fullmatch(identifier):
         raise StoreError("image identifier %r is not a lower-case UUID" % (identifier,))
     problem = image_version_problem(version)
     if problem:
@@ -279,7 +279,7 @@ class ImageStore(object):
             return result
         for identifier in sorted(os.listdir(self.store_dir)):
             directory = os.path.join(self.store_dir, identifier)
-            if not UUID_LOWER_RE.match(identifier) or not os.path.isdir(directory):
+            if not UUID_LOWER_RE.fullmatch(identifier) or not os.path.isdir(directory):
                 continue
             for entry in sorted(os.listdir(directory)):
                 if not entry.endswith(META_SUFFIX):
@@ -498,7 +498,7 @@ class ImageStore(object):
             return found
         for identifier in sorted(os.listdir(root)):
             directory = os.path.join(root, identifier)
-            if not UUID_LOWER_RE.match(identifier) or os.path.islink(directory) or not os.path.isdir(directory):
+            if not UUID_LOWER_RE.fullmatch(identifier) or os.path.islink(directory) or not os.path.isdir(directory):
                 continue
             for version in sorted(os.listdir(directory)):
                 path = os.path.join(directory, version)

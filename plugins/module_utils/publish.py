@@ -38,13 +38,16 @@ import os
 import posixpath
 import time
 
+from ansible_collections.vmic.fleet.plugins.module_utils import torrent
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import read_input, read_limited, require_directory, write_atomic
+from ansible_collections.vmic.fleet.plugins.module_utils.crypto_dep import serialization
 from ansible_collections.vmic.fleet.plugins.module_utils.dn import canonical_dn, name_from_x509, parse_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import ImageListError, SignatureError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_ENVELOPE_BYTES, MAX_TORRENT_BYTES
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import (
-    MAX_LIST_BYTES, build_image_list, format_date, parse_image_list)
+    BTIH_V1, BTIH_V2, MAX_LIST_BYTES, PIECE_SIZE, TORRENT_SHA256, TORRENT_URI, build_image_list, format_date, parse_image_list)
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import file_digest
-from ansible_collections.vmic.fleet.plugins.module_utils.smime import check_signing_certificate, sign_detached
+from ansible_collections.vmic.fleet.plugins.module_utils.smime import check_signing_certificate, load_certificate, load_private_key, sign_detached
 
 try:
     from urllib.parse import quote, unquote, urlparse
@@ -172,7 +175,6 @@ class TorrentPublisher(object):
         self.torrents = []    # every torrent of the list: written or reused
 
     def __call__(self, image, path):
-        from ansible_collections.vmic.fleet.plugins.module_utils import torrent  # pylint: disable=import-outside-toplevel
         if path is None:
             return image
         name = unquote(posixpath.basename(urlparse(image["hv:uri"]).path))
@@ -182,7 +184,7 @@ class TorrentPublisher(object):
         meta = None
         if os.path.exists(target):
             try:
-                existing = torrent.parse_torrent(read_limited(target, torrent.MAX_TORRENT_BYTES))
+                existing = torrent.parse_torrent(read_limited(target, MAX_TORRENT_BYTES))
                 if (existing.name == name and existing.size == int(image["hv:size"]) and existing.piece_size == self.piece_size
                         and list(existing.trackers) == self.trackers and list(existing.web_seeds) == [image["hv:uri"]]
                         and os.path.getmtime(target) >= os.path.getmtime(path)):
@@ -199,11 +201,11 @@ class TorrentPublisher(object):
         self.torrents.append(target)
         image = dict(image)
         image.update({
-            "vmic:torrent": self.base_url + quote(name) + ".torrent",
-            "vmic:torrent_sha256": meta.sha256,
-            "vmic:btih_v1": meta.info_hash_v1,
-            "vmic:btih_v2": meta.info_hash_v2,
-            "vmic:piece_size": meta.piece_size,
+            TORRENT_URI: self.base_url + quote(name) + ".torrent",
+            TORRENT_SHA256: meta.sha256,
+            BTIH_V1: meta.info_hash_v1,
+            BTIH_V2: meta.info_hash_v2,
+            PIECE_SIZE: meta.piece_size,
         })
         return image
 
@@ -288,20 +290,12 @@ class SignPlan(object):
 
 
 def _load_private_key_pem(key_pem, passphrase, where):
-    from cryptography.hazmat.primitives import serialization  # pylint: disable=import-outside-toplevel
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=passphrase.encode("utf-8") if passphrase else None)
-    except (ValueError, TypeError) as exc:
-        raise SignatureError("private key %s: cannot be loaded: %s" % (where, exc))
+    key = load_private_key(key_pem, passphrase or None, "private key %s" % where)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
 def _certificate_names(cert_pem, where):
-    from cryptography import x509  # pylint: disable=import-outside-toplevel
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as exc:
-        raise SignatureError("certificate %s: cannot be loaded: %s" % (where, exc))
+    cert = load_certificate(cert_pem, "certificate %s" % where)
     return name_from_x509(cert.subject), name_from_x509(cert.issuer)
 
 
@@ -403,7 +397,7 @@ def existing_envelope(path):
     """The envelope at ``path`` or None."""
     if not os.path.exists(path):
         return None
-    return read_input(path, MAX_LIST_BYTES * 2, "signed list %s" % path)
+    return read_input(path, MAX_ENVELOPE_BYTES, "signed list %s" % path)
 
 
 def publish_signed_list(dest, plan, state=None, mode=0o644, now=None):

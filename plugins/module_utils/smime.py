@@ -45,23 +45,12 @@ import subprocess
 import tempfile
 import time
 
+from ansible_collections.vmic.fleet.plugins.module_utils.crypto_dep import (
+    ExtendedKeyUsageOID, UnsupportedAlgorithm, ec, hashes, pkcs7, require_cryptography, rsa, serialization, x509)
 from ansible_collections.vmic.fleet.plugins.module_utils.dn import dn_from_x509_name, name_from_x509
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, SignatureError, TrustError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_ENVELOPE_BYTES
 
-try:
-    from cryptography import x509
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import pkcs7
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-    HAS_CRYPTOGRAPHY = True
-    CRYPTOGRAPHY_IMPORT_ERROR = None
-except ImportError as _exc:  # pragma: no cover - depends on the host
-    HAS_CRYPTOGRAPHY = False
-    CRYPTOGRAPHY_IMPORT_ERROR = str(_exc)
-
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 OPENSSL_TIMEOUT = 120
 SIGNING_DIGESTS = ("sha256", "sha384", "sha512")
 PURPOSES = ("smimesign", "any")
@@ -113,11 +102,6 @@ _OPENSSL_ERROR = re.compile(r"^[0-9A-F]+:error:[0-9A-F]+:[^:]*:([^:]*):([^:]+):[
 _HEADER_NAME = re.compile(b"^[!-9;-~]+$")
 
 
-def _require_cryptography():
-    if not HAS_CRYPTOGRAPHY:
-        raise MissingDependencyError("the python library cryptography is needed for S/MIME signatures (%s)" % CRYPTOGRAPHY_IMPORT_ERROR)
-
-
 def find_openssl():
     """Path of the ``openssl`` command; MissingDependencyError when it is not installed."""
     path = shutil.which("openssl")
@@ -153,7 +137,9 @@ def _validity(cert):
     return before, after
 
 
-def _load_certificate(pem, what):
+def load_certificate(pem, what):
+    """The cryptography certificate of PEM ``pem`` (bytes or str); SignatureError naming ``what`` when it is not one."""
+    require_cryptography()
     if isinstance(pem, str):
         pem = pem.encode("ascii", "replace")
     try:
@@ -162,7 +148,9 @@ def _load_certificate(pem, what):
         raise SignatureError("%s: not a PEM certificate: %s" % (what, exc))
 
 
-def _load_private_key(pem, password, what):
+def load_private_key(pem, password, what):
+    """The cryptography private key of PEM ``pem`` (``password`` for an encrypted one); SignatureError naming ``what``."""
+    require_cryptography()
     if isinstance(pem, str):
         pem = pem.encode("ascii", "replace")
     if isinstance(password, str):
@@ -198,8 +186,8 @@ def check_signing_certificate(cert_pem, key_pem=None, at_time=None, key_password
     supported type and size, and the private key belongs to the certificate.  A certificate or key
     that cannot be parsed at all raises SignatureError.
     """
-    _require_cryptography()
-    cert = _load_certificate(cert_pem, "signing certificate")
+    require_cryptography()
+    cert = load_certificate(cert_pem, "signing certificate")
     reasons = []
     try:
         usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -226,7 +214,7 @@ def check_signing_certificate(cert_pem, key_pem=None, at_time=None, key_password
     elif not isinstance(public_key, ec.EllipticCurvePublicKey):
         reasons.append("key type %s cannot sign S/MIME here (RSA or EC only)" % type(public_key).__name__)
     if key_pem is not None:
-        key = _load_private_key(key_pem, key_password, "signing key")
+        key = load_private_key(key_pem, key_password, "signing key")
         if _public_der(key.public_key()) != _public_der(public_key):
             reasons.append("the private key does not belong to the certificate")
     return reasons
@@ -240,13 +228,13 @@ def sign_detached(content, cert_pem, key_pem, digest="sha256", chain_pems=(), ke
     (the default), a certificate that :func:`check_signing_certificate` objects to is refused with
     SignatureError rather than producing lists that every reader rejects.
     """
-    _require_cryptography()
+    require_cryptography()
     if digest not in SIGNING_DIGESTS:
         raise SignatureError("digest %r is not allowed for signing; use one of %s" % (digest, ", ".join(SIGNING_DIGESTS)))
     data = smime_canonical(content)
-    cert = _load_certificate(cert_pem, "signing certificate")
-    key = _load_private_key(key_pem, key_password, "signing key")
-    chain = [_load_certificate(pem, "chain certificate %d" % (index + 1)) for index, pem in enumerate(chain_pems)]
+    cert = load_certificate(cert_pem, "signing certificate")
+    key = load_private_key(key_pem, key_password, "signing key")
+    chain = [load_certificate(pem, "chain certificate %d" % (index + 1)) for index, pem in enumerate(chain_pems)]
     if check:
         reasons = check_signing_certificate(cert_pem, None, None)
         if _public_der(key.public_key()) != _public_der(cert.public_key()):
@@ -413,7 +401,7 @@ def certificate_facts(data):
     Subject and issuer are :class:`~dn.DistinguishedName`; the fingerprint is the lower-case hex
     sha256 of the DER.  Blocks that are not certificates are skipped.
     """
-    _require_cryptography()
+    require_cryptography()
     facts = []
     for cert in _pem_certificates(data):
         try:
@@ -482,7 +470,7 @@ def _claimed_signer(certs, serial):
     return matches[0] if len(matches) == 1 else None
 
 
-def verify_detached(envelope, trust, source, at_time=None, allow_legacy_digests=False, max_bytes=DEFAULT_MAX_BYTES,
+def verify_detached(envelope, trust, source, at_time=None, allow_legacy_digests=False, max_bytes=MAX_ENVELOPE_BYTES,
                     purpose="smimesign", what="image list"):
     """Verify a detached S/MIME envelope (bytes) against ``trust`` (a truststore.TrustStore).
 
@@ -508,7 +496,7 @@ def verify_detached(envelope, trust, source, at_time=None, allow_legacy_digests=
     if purpose not in PURPOSES:
         raise SignatureError("%spurpose must be one of %s, got %r" % (prefix, ", ".join(PURPOSES), purpose))
     attime = None if at_time is None else _epoch(at_time)
-    _require_cryptography()
+    require_cryptography()
     openssl_bin = find_openssl()
 
     media_type = _header_content_type(envelope)

@@ -42,11 +42,12 @@ import re
 
 from ansible_collections.vmic.fleet.plugins.module_utils.dn import parse_dn
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import ENDORSER_NAME_RE, HEX64_RE, MAX_ENDORSER_NAME
+from ansible_collections.vmic.fleet.plugins.module_utils.smime import certificate_facts
 
 # A CA bundle with every IGTF CA and its CRLs is a few MB; this bounds the scan for CRL markers.
 MAX_BUNDLE_BYTES = 256 * 1024 * 1024
 MAX_ENDORSERS = 1000
-MAX_ENDORSER_NAME = 128
 MAX_URLS_PER_ENDORSER = 32
 MAX_URL_LENGTH = 2048
 
@@ -60,9 +61,7 @@ MAX_POLICY_ENTRIES = 1000
 
 _CERT_FILE = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
 _CRL_FILE = re.compile(r"^[0-9a-f]{8}\.r[0-9]+$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^\s\x00-\x1f\x7f]+$")
-_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _HASH = re.compile(r"^[0-9a-f]{8}$")
 _QUOTED = r'"((?:[^"\\]|\\.)*)"'
 _NAMESPACE_ENTRY = re.compile(r"^TO\s+ISSUER\s+(?:%s|(SELF))\s+(PERMIT|DENY)\s+SUBJECT\s+%s$" % (_QUOTED, _QUOTED), re.I)
@@ -378,8 +377,6 @@ class TrustStore(object):
         """
         if self._anchors is not None:
             return self._anchors
-        # Lazy: cryptography is needed only here, and its one gate is in smime.
-        from ansible_collections.vmic.fleet.plugins.module_utils.smime import certificate_facts  # pylint: disable=import-outside-toplevel
         anchors = []
         if self.ca_path is not None:
             try:
@@ -453,7 +450,7 @@ def normalise_fingerprint(value, where):
     if not isinstance(value, str):
         raise TrustError("%s: ca_fingerprint must be a string, got %s" % (where, type(value).__name__))
     text = value.strip().lower().replace(":", "").replace(" ", "")
-    if not _FINGERPRINT.match(text):
+    if not HEX64_RE.fullmatch(text):
         raise TrustError("%s: ca_fingerprint %r is not a sha256 fingerprint (64 hex digits, colons allowed)" % (where, value[:200]))
     return text
 
@@ -518,7 +515,7 @@ def _endorser_from_entry(index, entry):
         if not isinstance(entry[key], str):
             raise TrustError("%s: %s must be a string, got %s" % (where, key, type(entry[key]).__name__))
     name = entry["name"]
-    if len(name) > MAX_ENDORSER_NAME or not _NAME.match(name):
+    if not ENDORSER_NAME_RE.fullmatch(name):
         raise TrustError("%s: name %r must be 1 to %d characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
                          % (where, name[:MAX_ENDORSER_NAME + 10], MAX_ENDORSER_NAME))
     where = "endorser %s" % name

@@ -77,7 +77,8 @@ seeding:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmic.fleet.plugins.module_utils.argspec import engine_argument_spec
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import fail_missing_dependency
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import engine_from_spec
 from ansible_collections.vmic.fleet.plugins.module_utils.seedplan import plan_seeding
 
@@ -98,6 +99,8 @@ def main():
         plan = plan_seeding(params["torrents"], params["data_dir"], engine, params["exclusive"])
         if not module.check_mode:
             plan.apply(engine)
+    except MissingDependencyError as exc:
+        fail_missing_dependency(module, exc)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(**plan.result(diff=module._diff))

@@ -34,7 +34,7 @@ description:
 author:
   - vmic.fleet contributors (@vmic)
 requirements:
-  - the C(cryptography) Python library
+  - the C(cryptography) Python library, 3.2 or later
   - PyYAML when O(catalogue) is a file
 options:
   catalogue:
@@ -197,7 +197,8 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import AtomicWriteError
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import fail_missing_dependency
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.publish import (
     HashCache, PublisherState, TorrentPublisher, default_state_file, existing_envelope, image_summary, load_catalogue, plan_signed_list,
     publish_signed_list)
@@ -260,6 +261,8 @@ def main():
         if not module.check_mode:
             cache.save()
             publish_signed_list(params["dest"], plan, state)
+    except MissingDependencyError as exc:
+        fail_missing_dependency(module, exc)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
     except AtomicWriteError as exc:

@@ -9,13 +9,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 COLLECTIONS = os.path.join(ROOT, ".tmp", "collections")
 
 
-def run_module(name, args, workdir, check_mode=False):
-    """The result of module ``name`` with ``args`` (a dict); the arguments file is written in ``workdir``."""
+def run_module(name, args, workdir, check_mode=False, pythonpath=()):
+    """The result of module ``name`` with ``args`` (a dict); the arguments file is written in ``workdir``.
+
+    ``pythonpath`` entries come before the collection (to hide a library, for example).
+    """
     path = os.path.join(str(workdir), "%s-args.json" % name)
     with open(path, "w") as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode)}, handle)
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "plugins", "modules", name + ".py"), path],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=COLLECTIONS), check=False)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.pathsep.join(list(pythonpath) + [COLLECTIONS])), check=False)
     try:
         return json.loads(proc.stdout.decode())
     except ValueError:

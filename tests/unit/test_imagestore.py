@@ -76,7 +76,8 @@ def test_open_image_is_reported_in_use(tmp_path):
     assert store.in_use([image]) == []
 
 
-@pytest.mark.parametrize("identifier,version", [("../etc", "1"), (UUID, ".."), (UUID, "a/b"), ("NOTUUID", "1")])
+@pytest.mark.parametrize("identifier,version", [("../etc", "1"), (UUID, ".."), (UUID, "a/b"), ("NOTUUID", "1"), (UUID + "\n", "1"),
+                                                (UUID.upper(), "1")])
 def test_unsafe_names_refused(tmp_path, identifier, version):
     with pytest.raises(StoreError):
         ImageStore(str(tmp_path)).partial_dir(identifier, version)

@@ -183,6 +183,7 @@ def test_catalogue_claimed_by_two_endorsers_is_refused():
     ([dict(ALICE, dn=5)], "endorser 1: dn must be a string"),
     ([dict(ALICE, name="")], "endorser 1: name '' must be"),
     ([dict(ALICE, name="../etc")], "endorser 1: name '../etc' must be"),
+    ([dict(ALICE, name="a" * 129)], "endorser 1: name 'a{129}' must be 1 to 128 characters"),
     ([dict(ALICE, url="https://x")], "endorser 1: unknown keys url"),
     ([dict(ALICE, urls="https://x")], "endorser alice: urls must be a list"),
     ([dict(ALICE, urls=["not a url"])], "endorser alice: url 'not a url' is not an absolute URL"),
@@ -239,3 +240,9 @@ def test_endorser_ca_fingerprint_and_description():
     assert str(alice.dn_name) == alice.dn and str(alice.ca_name) == alice.ca
     with pytest.raises(TrustError, match="endorser alice: description must be a string"):
         EndorserRegistry([dict(ALICE, description=["x"])])
+
+
+def test_endorser_directory_name_with_trailing_newline_refused():
+    """An endorser name names a directory of the list-state store: a regex ``$`` that allows a final newline must not let one in."""
+    with pytest.raises(TrustError, match="must be 1 to 128 characters"):
+        EndorserRegistry([dict(ALICE, name="alice\n")])
