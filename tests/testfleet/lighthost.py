@@ -225,6 +225,27 @@ class _Network(Fleet):
             self._set_up = True
             atexit.register(self.teardown)
 
+    def add_host(self, name=None, rate_mbit=None, delay_ms=0, loss_pct=0.0, ingress_rate_mbit=None):
+        """A host namespace on the switch, its switch-side link named ``lh<i>`` (a booted fleet's are ``v<i>``); unshaped."""
+        if rate_mbit or delay_ms or loss_pct or ingress_rate_mbit:
+            raise FleetError("light fleet: links are not shaped")
+        index = len(self.hosts)
+        ns = "%s-%s" % (self.prefix, name)
+        host = netns.Host(self, name, index, ns, self.address(index), self.subnet.prefixlen)
+        host.switch_ifname = "lh%d" % index
+        self._add_ns(ns)
+        what = "light host %s" % name
+        sw = [netns.IP, "-n", self.switch_ns]
+        hn = [netns.IP, "-n", ns]
+        for argv in (sw + ["link", "add", host.switch_ifname, "type", "veth", "peer", "name", host.ifname, "netns", ns],
+                     sw + ["link", "set", host.switch_ifname, "master", "br0"], sw + ["link", "set", host.switch_ifname, "up"],
+                     hn + ["link", "set", "lo", "up"], hn + ["addr", "add", "%s/%d" % (host.addr, host.prefixlen), "dev", host.ifname],
+                     hn + ["link", "set", host.ifname, "up"]):
+            netns._check(argv, what)  # pylint: disable=protected-access
+        self.hosts.append(host)
+        self.by_name[name] = host
+        return host
+
     def address(self, index):
         offset = 256 * (self.first_octet + index // netns.HOSTS_PER_OCTET) + 1 + index % netns.HOSTS_PER_OCTET
         if offset >= self.subnet.num_addresses - 1:

@@ -1,0 +1,289 @@
+"""`make scale`: the control plane measured on HOSTS light hypervisors (default 450) over real SSH.
+
+    .venv/bin/python tests/scale/scale.py [--hosts 450] [--batch 25] [--forks 50] [--keep-going]
+
+One run, one inventory, one ansible.cfg (tests/scale/ansible.cfg):
+
+1. a booted test fleet ``vmic-scale`` with ``repo`` and ``tracker`` (systemd-nspawn, 198.19.0.0/20),
+   deployed by ``site.yml --limit repository:trackers`` exactly as the demo deploys them;
+2. HOSTS light hosts (tests/testfleet/lighthost.py) on the same bridge, in cluster_a / cluster_b,
+   provisioned by the harness with what the hypervisor role would leave (store, archive and list
+   directories, the CA directory, the site TLS CA, the engine's code, config and process);
+3. the demo's PKI and content (demo/make_pki.py, demo/make_content.py) published by ``publish.yml``;
+   a first ``rollout.yml`` converges the fleet;
+4. measured: ``ansible hypervisors -m ping``, ``status.yml`` on the converged fleet, a no-op
+   ``rollout.yml``; wall time and controller CPU (``getrusage(RUSAGE_CHILDREN)`` of each run; the
+   ControlPersist SSH masters detach and are not counted);
+5. the light hosts' memory (Pss of sshd, engine, nspawn) and their engines' idle CPU.
+
+Every Ansible run happens in the fleet's controller namespace (``ip netns exec``), where every host is
+reachable directly, as from a site's controller. The last line is the issue's machine-readable
+``scale:`` line; what is not measured yet prints ``na``. Everything made is removed at the end, on
+Ctrl-C / SIGTERM, and at the start of the next run if a run died.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(HERE)
+if TESTS not in sys.path:
+    sys.path.insert(0, TESTS)
+
+from testfleet import lighthost, nspawn  # noqa: E402  pylint: disable=wrong-import-position
+from testfleet.collection import REPO_ROOT, ensure_collection_path  # noqa: E402  pylint: disable=wrong-import-position
+from testfleet.netns import FleetError  # noqa: E402  pylint: disable=wrong-import-position
+
+FLEET = "vmic-scale"
+SUBNET = "198.19.0.0/20"
+WORK = os.path.join(REPO_ROOT, ".tmp", "scale")
+VENV_BIN = os.path.dirname(sys.executable)
+STORE_DIRS = ("/var/lib/vmic/images", "/var/lib/vmic/archive", "/var/lib/vmic/lists")
+CA_DIR = "/etc/grid-security/certificates"
+SITE_CA_FILES = ("/etc/vmic/site-ca.pem", "/usr/local/share/ca-certificates/vmic-site-ca.crt")
+
+
+def say(message):
+    """Progress on stderr, timestamped."""
+    sys.stderr.write("[%s] scale: %s\n" % (time.strftime("%H:%M:%S"), message))
+    sys.stderr.flush()
+
+
+class Run:
+    """Wall time and controller CPU of one child process (RUSAGE_CHILDREN before and after)."""
+
+    def __init__(self, label, argv, env, log_path, timeout):
+        self.label = label
+        self.argv = argv
+        self.env = env
+        self.log_path = log_path
+        self.timeout = timeout
+        self.wall = None
+        self.cpu = None
+        self.rc = None
+
+    def __call__(self):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.monotonic()
+        with open(self.log_path, "wb") as log:
+            proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=self.env, cwd=REPO_ROOT)
+            try:
+                self.rc = proc.wait(self.timeout)
+            except BaseException:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                raise
+        self.wall = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        say("%s: exit %d, %.1f s wall, %.1f s controller CPU (log %s)" % (self.label, self.rc, self.wall, self.cpu, self.log_path))
+        return self
+
+    def tail(self, lines=40):
+        """Last lines of the run's output."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+
+
+class Scale:
+    """One `make scale` run; see the module docstring."""
+
+    def __init__(self, args):
+        self.args = args
+        self.hosts = ["hv%03d" % i for i in range(1, args.hosts + 1)]
+        half = (len(self.hosts) + 1) // 2
+        self.groups = {"cluster_a": self.hosts[:half], "cluster_b": self.hosts[half:]}
+        self.demo_dir = os.path.join(WORK, "demo")
+        self.logs = os.path.join(WORK, "logs")
+        self.boot = None
+        self.light = None
+        self.results = {}
+        self.env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
+                        ANSIBLE_COLLECTIONS_PATH=ensure_collection_path(), ANSIBLE_CONFIG=os.path.join(HERE, "ansible.cfg"),
+                        ANSIBLE_FORKS=str(args.forks), VMIC_DEMO_DIR=self.demo_dir, ANSIBLE_NOCOLOR="1",
+                        ANSIBLE_LOCAL_TEMP=os.path.join(WORK, "ansible-tmp"))
+
+    # -- set-up -------------------------------------------------------------------------------------
+
+    def cleanup_earlier(self):
+        """Remove what a run that died left: the booted fleet, light fleets of dead owners."""
+        state = nspawn.load_state(FLEET)
+        if state is not None and not nspawn.owner_alive(state):
+            say("removing the booted fleet of an earlier run")
+            nspawn.cleanup_from_state(state)
+        lighthost.cleanup_stale(progress=say)
+
+    def content(self):
+        """The demo's PKI and stage-1 content (three 8 MiB qcow2 images, two catalogues)."""
+        os.makedirs(self.logs, exist_ok=True)
+        for argv in ([sys.executable, os.path.join(REPO_ROOT, "demo", "make_pki.py"), os.path.join(self.demo_dir, "pki")],
+                     [sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, "1"]):
+            subprocess.run(argv, check=True, env=self.env, stdout=subprocess.DEVNULL)
+        # publish.yml keeps its state (versions, hash cache, policy) in the publish dir: start clean.
+        shutil.rmtree(os.path.join(self.demo_dir, "publish"), ignore_errors=True)
+
+    def boot_services(self):
+        """repo and tracker: booted hosts of the test fleet, in 198.19.0.0/20."""
+        self.boot = nspawn.NspawnFleet(FLEET, ["repo", "tracker"], subnet=SUBNET, progress=say)
+        self.boot.create()
+
+    def render_engine(self):
+        """The role vmic.fleet.engine's config, unit and files as a hypervisor of this inventory gets them."""
+        os.makedirs(os.path.join(WORK, "engine"), exist_ok=True)
+        one = os.path.join(WORK, "render-inventory.yml")
+        with open(one, "w", encoding="utf-8") as handle:
+            handle.write("all:\n  children:\n    cluster_a:\n      hosts:\n        %s: {}\n" % self.hosts[0])
+        argv = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", one, "-i", os.path.join(REPO_ROOT, "inventory", "demo"),
+                os.path.join(HERE, "render_engine.yml"), "-e", "lighthost_render_dir=%s" % os.path.join(WORK, "engine"),
+                "-e", "lighthost_render_host=%s" % self.hosts[0]]
+        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, check=False, timeout=300)
+        if proc.returncode != 0:
+            raise FleetError("rendering the engine role failed:\n%s" % (proc.stdout + proc.stderr)[-3000:])
+        return lighthost.EngineLayout(os.path.join(WORK, "engine"))
+
+    def light_hosts(self, layout):
+        """The HOSTS light hypervisors, provisioned as the hypervisor role and site.yml's trust play would."""
+        state = self.boot._state()  # pylint: disable=protected-access
+        pki = os.path.join(self.demo_dir, "pki")
+        files = {}
+        for name in sorted(os.listdir(os.path.join(pki, "ca"))):
+            with open(os.path.join(pki, "ca", name), "rb") as handle:
+                files[os.path.join(CA_DIR, name)] = (handle.read(), 0o644)
+        with open(os.path.join(pki, "ca.pem"), "rb") as handle:
+            site_ca = handle.read()
+        for path in SITE_CA_FILES:
+            files[path] = (site_ca, 0o644)
+        hosts_text = "".join("%s\t%s\n" % (h["addr"], h["name"]) for h in state["hosts"])
+        self.light = lighthost.LightFleet(FLEET, self.hosts, layout, os.path.join(REPO_ROOT, "plugins", "module_utils"),
+                                          attach=state, files=files, dirs=STORE_DIRS, hosts_text=hosts_text,
+                                          batch=self.args.batch, progress=say)
+        self.light.create(groups=self.groups)
+
+    # -- ansible ------------------------------------------------------------------------------------
+
+    def inventories(self):
+        """-i arguments: the booted fleet's hosts, the light hosts, the demo's groups and settings."""
+        return ["-i", self.boot.inventory_path, "-i", self.light.inventory_path, "-i", os.path.join(REPO_ROOT, "inventory", "demo")]
+
+    def ansible(self, label, argv, timeout=3600, must_pass=True):
+        """Run an ansible command in the controller namespace; returns the Run."""
+        run = Run(label, self.light.controller_argv(argv), self.env, os.path.join(self.logs, label + ".log"), timeout)()
+        self.results[label] = run
+        if must_pass and run.rc != 0:
+            raise FleetError("%s failed (exit %d); end of its output:\n%s" % (label, run.rc, run.tail()))
+        return run
+
+    def playbook(self, label, playbook, *extra, **kwargs):
+        """ansible-playbook with the run's inventories."""
+        argv = [os.path.join(VENV_BIN, "ansible-playbook")] + self.inventories() + [
+            os.path.join(self.args.playbooks, playbook)] + list(extra)
+        return self.ansible(label, argv, **kwargs)
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def run(self):
+        """Everything, in order; returns the scale: line."""
+        t0 = time.monotonic()
+        self.cleanup_earlier()
+        self.content()
+        self.boot_services()
+        layout = self.render_engine()
+        self.light_hosts(layout)
+        self.results["light_timings"] = dict(self.light.timings)
+        say("measuring the light hosts' memory and their engines' idle CPU (%d s)" % self.args.idle)
+        self.results["memory"] = lighthost.measure(self.light, self.args.idle)
+        for line in lighthost.format_measure(self.results["memory"]):
+            say(line)
+        self.playbook("site-services", "site.yml", "--limit", "repository:trackers")
+        self.playbook("publish", "publish.yml")
+        self.playbook("converge", "rollout.yml")
+        ping = self.ansible("ping", [os.path.join(VENV_BIN, "ansible")] + self.inventories() + ["hypervisors", "-m", "ansible.builtin.ping",
+                                                                                                "-o"])
+        status = self.playbook("status", "status.yml")
+        noop = self.playbook("noop", "rollout.yml")
+        self.results["converged"] = self.converged_count()
+        self.results["total_s"] = time.monotonic() - t0
+        return self.report(ping, status, noop)
+
+    def converged_count(self):
+        """Hypervisors status.yml reports as holding exactly their approved, selected images ("<host>: ok (...)")."""
+        with open(self.results["status"].log_path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+        return len(set(re.findall(r"\b(hv\d+): ok \(", text)))
+
+    def report(self, ping, status, noop):
+        """Human summary on stderr; the scale: line returned."""
+        mem = self.results["memory"]
+        n = len(self.hosts)
+
+        def ratio(run):
+            return "%.2f" % (run.wall / ping.wall) if ping.wall else "na"
+
+        for label in ("site-services", "publish", "converge", "ping", "status", "noop"):
+            run = self.results[label]
+            say("%-14s %7.1f s wall %7.1f s controller CPU (%.2f CPU-s per host)" % (label, run.wall, run.cpu, run.cpu / n))
+        with open("/proc/loadavg", encoding="ascii") as handle:
+            say("load average: %s; %d CPUs; total %.0f s" % (handle.read().strip(), os.cpu_count(), self.results["total_s"]))
+        fields = [
+            ("hosts", n), ("ping", "%.1f" % ping.wall), ("status", "%.1f" % status.wall), ("status_ratio", ratio(status)),
+            ("noop", "%.1f" % noop.wall), ("noop_ratio", ratio(noop)), ("change", "na"), ("transfer_max", "na"),
+            ("overhead_ratio", "na"), ("converged", "%d/%d" % (self.results["converged"], n)), ("faulty_converged", "na"),
+            ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
+        ]
+        summary = {k: v for k, v in fields}
+        summary.update({"ping_cpu_s": round(ping.cpu, 1), "status_cpu_s": round(status.cpu, 1), "noop_cpu_s": round(noop.cpu, 1),
+                        "memory": mem, "light_timings": self.results["light_timings"]})
+        with open(os.path.join(WORK, "scale.json"), "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=1, sort_keys=True)
+        return "scale: " + " ".join("%s=%s" % (k, v) for k, v in fields)
+
+    def teardown(self):
+        """Remove the light hosts and the booted fleet (idempotent)."""
+        if self.light is not None:
+            self.light.destroy()
+        if self.boot is not None:
+            self.boot.destroy()
+
+
+def main(argv=None):
+    """Parse options, run, always clean up."""
+    parser = argparse.ArgumentParser(description="vmic.fleet control plane on many light hypervisors (make scale)")
+    parser.add_argument("--hosts", type=int, default=int(os.environ.get("HOSTS") or 450))
+    parser.add_argument("--batch", type=int, default=25, help="light hosts started at once")
+    parser.add_argument("--forks", type=int, default=50, help="Ansible forks")
+    parser.add_argument("--playbooks", default=os.path.join(REPO_ROOT, "playbooks"), help="directory of the playbooks run")
+    parser.add_argument("--idle", type=int, default=20, help="seconds over which idle engine CPU is measured")
+    args = parser.parse_args(argv)
+    if args.hosts < 1 or args.hosts > 3000:
+        parser.error("--hosts: 1 to 3000")
+    lighthost._stop_on_signals()  # pylint: disable=protected-access
+    scale = Scale(args)
+    try:
+        line = scale.run()
+    except FleetError as exc:
+        say("failed: %s" % exc)
+        return 1
+    finally:
+        say("removing the fleets")
+        scale.teardown()
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
