@@ -3,6 +3,7 @@
 #   make venv         create .venv with the system python3 and install tests/requirements.txt
 #   make test         everything CI runs: $(TEST_TARGETS), stopping at the first failure
 #   make units        pytest tests/unit (options and markers: pytest.ini)
+#   make engines      pytest tests/engines: real engine daemons on loopback (libtorrent service, rtorrent, opentracker)
 #   make swarm        pytest tests/swarm: engines in network namespaces on this machine (root)
 #   make sanity       ansible-test sanity on a fresh copy of the working tree (tests/tools/ansible-test-sanity.sh)
 #   make lint         ansible-lint, profile and offline settings in .ansible-lint
@@ -43,7 +44,7 @@ SANITY_ARGS ?=
 LINT_ARGS ?=
 INTEGRATION_ARGS ?=
 
-TEST_TARGETS := units sanity lint tarball swarm integration fleet molecule
+TEST_TARGETS := units sanity lint tarball engines swarm integration fleet molecule
 
 # The tools of the venv come first for every recipe and every script they start.
 export PATH := $(VENV_BIN):$(PATH)
@@ -54,7 +55,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_DIR)
 export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv collection-link units swarm sanity lint tarball integration fleet molecule bench demo demo-clean clean distclean
+.PHONY: test venv collection-link units engines swarm sanity lint tarball integration fleet molecule bench demo demo-clean clean distclean
 
 test: $(TEST_TARGETS)
 	@echo "make test: all of $(TEST_TARGETS) passed"
@@ -77,6 +78,11 @@ collection-link:
 
 units: $(VENV_STAMP)
 	cd "$(ROOT)" && "$(VENV_BIN)/pytest" tests/unit $(PYTEST_ARGS)
+
+# The engine service, rtorrent and opentracker as real processes on 127.0.0.x (root for the rtorrent
+# user test); VMIC_ENGINE_PYTHON=/usr/bin/python3 runs the engines on Debian's python3-libtorrent.
+engines: $(VENV_STAMP) collection-link
+	cd "$(ROOT)" && "$(VENV_BIN)/pytest" tests/engines $(PYTEST_ARGS)
 
 swarm: $(VENV_STAMP) collection-link
 	cd "$(ROOT)" && "$(VENV_BIN)/pytest" tests/swarm $(PYTEST_ARGS)

@@ -4,8 +4,9 @@
 """The small interface between ``image_sync`` and a BitTorrent engine daemon.
 
 ``Engine`` is what callers use; ``LibtorrentEngineClient`` speaks to the libtorrent engine
-service (``engine_service.py``) over its unix socket: one JSON request per line, one JSON
-response per line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+service (``engine_service.py``, the package ``_engine``) over its unix socket: one JSON request per
+line, one JSON response per line, ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``
+(``_engine/protocol.py``); ``rtorrent_engine.RtorrentEngineClient`` implements the same interface.
 
 Status dictionaries carry the fields of ``STATUS_FIELDS``; a torrent's key is its v1 info-hash
 (40 lower-case hex).
@@ -14,16 +15,12 @@ Status dictionaries carry the fields of ``STATUS_FIELDS``; a torrent's key is it
 from __future__ import annotations
 
 import base64
-import json
 import os
-import socket
-import time
 
+from ansible_collections.vmic.fleet.plugins.module_utils._engine.protocol import call
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
 
 DEFAULT_SOCKET = "/run/vmic-engine/engine.sock"
-MAX_REQUEST_BYTES = 16 * 1024 * 1024
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 STATES = ("checking", "downloading", "seeding", "paused", "error")
 
@@ -85,55 +82,7 @@ class LibtorrentEngineClient(Engine):
 
     def request(self, op, **fields):
         """Send one request and return the response dict; raise EngineError on failure."""
-        message = dict(fields)
-        message["op"] = op
-        line = json.dumps(message, separators=(",", ":")).encode("utf-8") + b"\n"
-        if len(line) > MAX_REQUEST_BYTES:
-            raise EngineError("engine %s: %s request of %d bytes exceeds the limit of %d" % (self.socket_path, op, len(line), MAX_REQUEST_BYTES))
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        deadline = time.monotonic() + self.timeout
-        try:
-            try:
-                sock.connect(self.socket_path)
-                sock.sendall(line)
-                reply = self._read_line(sock, deadline)
-            except socket.timeout:
-                raise EngineError("engine %s: no answer to %s within %s s" % (self.socket_path, op, self.timeout))
-            except OSError as exc:
-                raise EngineError("engine %s: %s failed: %s" % (self.socket_path, op, exc.strerror or exc))
-        finally:
-            sock.close()
-        try:
-            response = json.loads(reply.decode("utf-8"))
-        except ValueError as exc:
-            raise EngineError("engine %s: %s: response is not JSON: %s" % (self.socket_path, op, exc))
-        if not isinstance(response, dict) or not isinstance(response.get("ok"), bool):
-            raise EngineError("engine %s: %s: malformed response" % (self.socket_path, op))
-        if not response["ok"]:
-            raise EngineError("engine %s: %s: %s" % (self.socket_path, op, response.get("error") or "unknown error"))
-        return response
-
-    def _read_line(self, sock, deadline):
-        """One response line, within the request's total deadline (an engine that trickles bytes is cut off)."""
-        chunks = []
-        total = 0
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise socket.timeout()
-            sock.settimeout(remaining)
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise EngineError("engine %s: connection closed before a complete response" % self.socket_path)
-            newline = chunk.find(b"\n")
-            if newline >= 0:
-                chunks.append(chunk[:newline])
-                return b"".join(chunks)
-            chunks.append(chunk)
-            total += len(chunk)
-            if total > MAX_RESPONSE_BYTES:
-                raise EngineError("engine %s: response larger than %d bytes" % (self.socket_path, MAX_RESPONSE_BYTES))
+        return call(self.socket_path, op, fields, self.timeout)
 
     def ping(self):
         """Return the service's ping answer (version information); raise EngineError if unreachable."""

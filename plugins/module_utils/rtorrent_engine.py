@@ -6,8 +6,9 @@
 rtorrent (``network.scgi.open_local = <socket>``) answers one SCGI request per connection: a
 netstring of CGI headers (``CONTENT_LENGTH`` first, then ``SCGI: 1``), a comma, the XML-RPC body;
 the reply is CGI headers (``Status:``, ``Content-Type:``), a blank line and the XML-RPC response.
-``xmlrpc.client`` only (de)serialises; the transport below is a plain AF_UNIX socket with a
-timeout and a size limit on the response.
+``xmlrpc.client`` only (de)serialises; the transport below frames the request and sends it with the
+engine package's unix-socket helper (``_engine.protocol.unix_request``: one deadline, a size limit on
+the response).
 
 Keys are v1 info-hashes in lower case (rtorrent's ``d.hash`` is upper case). rtorrent only knows
 BitTorrent v1: it joins the v1 swarm of a hybrid torrent and ignores the v2 part. The v2 info-hash
@@ -37,23 +38,22 @@ from __future__ import annotations
 import errno
 import os
 import re
-import socket
 import time
 import xmlrpc.client
 from stat import S_ISREG
 
+from ansible_collections.vmic.fleet.plugins.module_utils._engine.protocol import MAX_RESPONSE_BYTES, unix_request
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS, Engine, check_location
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, LimitError
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import HEX40_RE, MAX_TORRENT_BYTES
 from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent
-from ansible_collections.vmic.fleet.plugins.module_utils.torrent import MAX_TORRENT_BYTES, TorrentMeta, parse_torrent
+from ansible_collections.vmic.fleet.plugins.module_utils.torrent import TorrentMeta, parse_torrent
 
 DEFAULT_SOCKET = "/run/rtorrent/rpc.sock"
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_HEADER_BYTES = 8192
 VIEW = "main"
 CUSTOM_V2 = "vmic_v2"
 CUSTOM_ADDED = "vmic_added_at"
-_KEY_RE = re.compile(r"^[0-9a-f]{40}$")
 _SAFE_DIR_RE = re.compile(r"^/[A-Za-z0-9._+@%:=/-]*$")
 # rtorrent's file priorities: 0 off, 1 normal, 2 high
 _RTORRENT_PRIORITY_NORMAL = 1
@@ -124,35 +124,9 @@ class ScgiTransport(object):
 
     def request(self, body, what):
         """Send one request body; return the response body (bytes)."""
-        where = "rtorrent %s" % self.socket_path
-        deadline = time.monotonic() + self.timeout
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        chunks = []
-        total = 0
-        try:
-            try:
-                sock.settimeout(self.timeout)
-                sock.connect(self.socket_path)
-                sock.sendall(self.frame(body))
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise socket.timeout()
-                    sock.settimeout(remaining)
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    total += len(chunk)
-                    if total > self.max_response_bytes + MAX_HEADER_BYTES:
-                        raise LimitError("%s: %s: response larger than %d bytes" % (where, what, self.max_response_bytes))
-                    chunks.append(chunk)
-            except socket.timeout:
-                raise EngineError("%s: no complete answer to %s within %s s" % (where, what, self.timeout))
-            except OSError as exc:
-                raise EngineError("%s: %s failed: %s" % (where, what, exc.strerror or exc))
-        finally:
-            sock.close()
-        return self.parse_response(b"".join(chunks), what)
+        raw = unix_request(self.socket_path, self.frame(body), self.timeout, self.max_response_bytes, "rtorrent %s" % self.socket_path, what,
+                           header_allowance=MAX_HEADER_BYTES)
+        return self.parse_response(raw, what)
 
     def parse_response(self, raw, what):
         """Split the CGI header block from the body; refuse error statuses and truncated bodies."""
@@ -222,7 +196,7 @@ class RtorrentEngineClient(Engine):
 
     def _key(self, key, op):
         text = key.lower() if isinstance(key, str) else None
-        if text is None or not _KEY_RE.match(text):
+        if text is None or not HEX40_RE.match(text):
             raise EngineError("rtorrent %s: %s: %r is not a 40-hex v1 info-hash" % (self.socket_path, op, key))
         return text
 

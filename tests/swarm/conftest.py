@@ -18,6 +18,8 @@ if TESTS_DIR not in sys.path:
 
 from testfleet.netns import cleanup_stale, require_root  # noqa: E402  pylint: disable=wrong-import-position
 from testfleet.swarm import Swarm, ensure_collection_path  # noqa: E402  pylint: disable=wrong-import-position
+# the one opentracker fixture, shared with tests/engines: opentracker(hashes, host=fleet_host) on a fleet host
+from testfleet.tracker import opentracker  # noqa: E402,F401  pylint: disable=wrong-import-position,unused-import
 
 ensure_collection_path()
 

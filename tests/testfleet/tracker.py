@@ -8,6 +8,10 @@ whitelist lives in a world-readable work directory and is named relative to it.
 
 For a hybrid torrent both swarms must be listed: the v1 info-hash and the v2 info-hash truncated to
 20 bytes (what a client announces for the v2 swarm).
+
+A tracker runs in a fleet host's namespace, or (``host=None``) in this process's own namespace on
+127.0.0.1, where the engine tests on loopback use it.  :func:`opentracker` is the one pytest fixture
+that starts them (the conftests of tests/engines and tests/swarm import it).
 """
 
 from __future__ import annotations
@@ -21,11 +25,16 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from testfleet.netns import FleetError, run
+from testfleet.waiting import free_port
 
 OPENTRACKER = "/usr/bin/opentracker"
 PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "probe.py")
 WHITELIST = "whitelist.txt"
+DEFAULT_PORT = 6969
+LOOPBACK = "127.0.0.1"
 
 
 def _tracker_user():
@@ -48,12 +57,15 @@ def _normalise(info_hash):
 
 
 class Tracker:
-    """opentracker on ``host`` (a netns.Host) at ``port`` (TCP and UDP), whitelist in ``workdir``."""
+    """opentracker on ``host`` (a netns.Host, or None: 127.0.0.1 of this namespace) at ``port`` (TCP and UDP),
+    whitelist in ``workdir``."""
 
-    def __init__(self, host, workdir, port=6969):
+    def __init__(self, host, workdir, port=DEFAULT_PORT):
         if not os.access(OPENTRACKER, os.X_OK):
             raise FleetError("opentracker: %s is not installed (apt-get install opentracker)" % OPENTRACKER)
         self.host = host
+        self.addr = host.addr if host is not None else LOOPBACK
+        self.name = host.name if host is not None else "loopback"
         self.port = port
         self.workdir = os.path.abspath(workdir)
         self.proc = None
@@ -63,7 +75,7 @@ class Tracker:
     @property
     def announce_url(self):
         """HTTP announce URL."""
-        return "http://%s:%d/announce" % (self.host.addr, self.port)
+        return "http://%s:%d/announce" % (self.addr, self.port)
 
     @property
     def whitelist_path(self):
@@ -83,23 +95,24 @@ class Tracker:
         os.chmod(self.workdir, 0o755)
         self.hashes = {_normalise(h) for h in hashes}
         self._write_whitelist()
-        addr = self.host.addr
-        argv = [OPENTRACKER, "-i", addr, "-p", str(self.port), "-P", str(self.port),
-                "-d", self.workdir, "-w", WHITELIST, "-u", _tracker_user()]
+        argv = [OPENTRACKER, "-i", self.addr, "-p", str(self.port), "-P", str(self.port), "-d", self.workdir, "-w", WHITELIST]
+        if os.geteuid() == 0:
+            argv += ["-u", _tracker_user()]
         with open(self.log_path, "ab") as log:
-            self.proc = self.host.popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            popen = self.host.popen if self.host is not None else subprocess.Popen
+            self.proc = popen(argv, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise FleetError("opentracker on %s exited %s: %s" % (self.host.name, self.proc.returncode, self._log_tail()))
+                raise FleetError("opentracker on %s exited %s: %s" % (self.name, self.proc.returncode, self._log_tail()))
             try:
                 self.probe("00" * 20)
                 return self
             except FleetError as exc:
                 last = exc
                 time.sleep(0.1)
-        raise FleetError("opentracker on %s did not answer within %ss: %s" % (self.host.name, timeout, last))
+        raise FleetError("opentracker on %s did not answer within %ss: %s" % (self.name, timeout, last))
 
     def _log_tail(self):
         try:
@@ -124,7 +137,7 @@ class Tracker:
             if all(self.is_tracked(h) for h in added) and not any(self.is_tracked(h) for h in removed):
                 return
             time.sleep(0.1)
-        raise FleetError("opentracker on %s: whitelist change not applied within %ss" % (self.host.name, timeout))
+        raise FleetError("opentracker on %s: whitelist change not applied within %ss" % (self.name, timeout))
 
     def add(self, hashes, timeout=10):
         """Approve more info-hashes."""
@@ -132,10 +145,13 @@ class Tracker:
 
     def probe(self, info_hash_hex):
         """Announce (event=stopped) from the tracker's namespace; returns {"ok", "failure", "raw"}."""
-        proc = run(self.host.ns, [sys.executable, PROBE, "announce", self.announce_url, _normalise(info_hash_hex)],
-                   check=False, timeout=20)
+        argv = [sys.executable, PROBE, "announce", self.announce_url, _normalise(info_hash_hex)]
+        if self.host is not None:
+            proc = run(self.host.ns, argv, check=False, timeout=20)
+        else:
+            proc = subprocess.run(argv, check=False, timeout=20, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise FleetError("opentracker probe on %s failed: %s" % (self.host.name, proc.stderr.strip()[-500:]))
+            raise FleetError("opentracker probe on %s failed: %s" % (self.name, proc.stderr.strip()[-500:]))
         return json.loads(proc.stdout)
 
     def is_tracked(self, info_hash_hex):
@@ -161,3 +177,24 @@ class Tracker:
 def tracker_available():
     """True when opentracker is installed (and ``ip`` too, for namespaces)."""
     return os.access(OPENTRACKER, os.X_OK) and shutil.which("ip") is not None
+
+
+@pytest.fixture(scope="session")
+def opentracker(tmp_path_factory):
+    """Factory: ``opentracker(hashes=(), host=None)`` -> a started, closed Tracker that tracks ``hashes``.
+
+    ``hashes``: v1 and/or v2 info-hashes in hex (a v2 one is listed truncated); ``host``: a netns.Host
+    (port 6969), or None for 127.0.0.1 of this namespace on a free port.  Every tracker it started is
+    stopped at the end of the session.
+    """
+    started = []
+
+    def start(hashes=(), host=None):
+        port = DEFAULT_PORT if host is not None else free_port(LOOPBACK)
+        tracker = Tracker(host, str(tmp_path_factory.mktemp("tracker")), port)
+        started.append(tracker)
+        return tracker.start(hashes)
+
+    yield start
+    for tracker in started:
+        tracker.stop()

@@ -1,4 +1,4 @@
-"""Small helpers shared by the engine tests: free ports, polling with a deadline, file digests."""
+"""Small helpers shared by the engine tests and the fleet harness: free ports, polling with a deadline, file digests."""
 
 import hashlib
 import socket
