@@ -55,7 +55,7 @@ export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS_DIR)
 export ANSIBLE_LINT_SKIP_SCHEMA_UPDATE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv collection-link units engines swarm sanity lint tarball integration fleet molecule bench demo demo-clean clean distclean
+.PHONY: test venv collection-link units engines swarm sanity lint tarball integration fleet molecule bench scale demo demo-clean clean distclean
 
 test: $(TEST_TARGETS)
 	@echo "make test: all of $(TEST_TARGETS) passed"
@@ -117,6 +117,15 @@ demo-clean:
 	bash "$(ROOT)/demo/clean.sh"
 
 # Benchmarks: figures, not pass/fail. BENCH_ARGS reach bench/bench_swarm.py (e.g. --nodes 40).
+# The control plane at scale (root; not part of make test): HOSTS light hypervisors over real SSH, ping,
+# status.yml and a no-op rollout.yml timed; the last line is the scale: line (docs/scale.md). SCALE_ARGS
+# reach tests/scale/scale.py (e.g. --forks 100 --batch 50).
+HOSTS ?= 450
+SCALE_ARGS ?=
+scale: $(VENV_STAMP) collection-link
+	bash "$(ROOT)/tests/tools/install-deps.sh"
+	cd "$(ROOT)" && "$(VENV_PYTHON)" tests/scale/scale.py --hosts "$(HOSTS)" $(SCALE_ARGS)
+
 BENCH_ARGS ?=
 bench: $(VENV_STAMP) collection-link
 	cd "$(ROOT)" && "$(VENV_PYTHON)" bench/bench_swarm.py $(BENCH_ARGS)
