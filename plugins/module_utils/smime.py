@@ -251,7 +251,30 @@ def sign_detached(content, cert_pem, key_pem, digest="sha256", chain_pems=(), ke
         raise SignatureError("signing with %s failed: %s" % (dn_from_x509_name(cert.subject), exc))
 
 
-class SignatureVerdict(object):
+class Verdict(object):
+    """The judgement of one object, ``source``: ``valid``, and every reason it is not, each reading ``"<what> <source>: <reason>"``.
+
+    A refused object is a result, not an exception; the verdicts of signatures and of image lists build on this.
+    """
+
+    what = "image list"
+
+    def __init__(self, source):
+        self.source = source
+        self.valid = False
+        self.reasons = []
+
+    def refuse(self, reason):
+        """Add a reason, naming what is refused; returns the verdict."""
+        self.reasons.append("%s %s: %s" % (self.what, self.source, reason))
+        return self
+
+    def to_dict(self):
+        """Plain data for module results: source, valid, reasons."""
+        return {"source": self.source, "valid": self.valid, "reasons": list(self.reasons)}
+
+
+class SignatureVerdict(Verdict):
     """The outcome of :func:`verify_detached`.
 
     ``valid``: the signature is good, by one signer, chaining to a trust anchor (with CRLs when
@@ -265,10 +288,9 @@ class SignatureVerdict(object):
     CA certificate of its chain.
     """
 
-    def __init__(self, source):
-        self.source = source
-        self.valid = False
-        self.reasons = []
+    def __init__(self, source, what="image list"):
+        super().__init__(source)
+        self.what = what
         self.content = None
         self.signer_dn = None
         self.issuer_dn = None
@@ -283,16 +305,8 @@ class SignatureVerdict(object):
 
     def to_dict(self):
         """Plain data for module results (without the content)."""
-        return {
-            "source": self.source,
-            "valid": self.valid,
-            "reasons": list(self.reasons),
-            "signer_dn": self.signer_dn,
-            "issuer_dn": self.issuer_dn,
-            "digest": self.digest,
-            "signer_count": self.signer_count,
-            "revoked": self.revoked,
-        }
+        return dict(super().to_dict(), signer_dn=self.signer_dn, issuer_dn=self.issuer_dn, digest=self.digest,
+                    signer_count=self.signer_count, revoked=self.revoked)
 
     def __repr__(self):
         return "SignatureVerdict(valid=%r, reasons=%r, signer_dn=%r, digest=%r)" % (self.valid, self.reasons, self.signer_dn, self.digest)
@@ -482,12 +496,9 @@ def verify_detached(envelope, trust, source, at_time=None, allow_legacy_digests=
     SHA-1 and MD5 signatures are refused unless ``allow_legacy_digests``.  Returns a
     :class:`SignatureVerdict`; raises only for operator errors.
     """
-    verdict = SignatureVerdict(source)
+    verdict = SignatureVerdict(source, what)
+    refuse = verdict.refuse
     prefix = "%s %s: " % (what, source)
-
-    def refuse(reason):
-        verdict.reasons.append(prefix + reason)
-        return verdict
 
     if not isinstance(envelope, bytes):
         raise SignatureError("%sthe envelope must be bytes, got %s" % (prefix, type(envelope).__name__))
@@ -510,7 +521,7 @@ def verify_detached(envelope, trust, source, at_time=None, allow_legacy_digests=
         openssl = _OpenSSL(openssl_bin, workdir)
         with open(openssl.path("envelope"), "wb") as handle:
             handle.write(envelope)
-        _verify_in(openssl, verdict, refuse, trust, attime, allow_legacy_digests, max_bytes, purpose)
+        _verify_in(openssl, verdict, trust, attime, allow_legacy_digests, max_bytes, purpose)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     verdict.valid = not verdict.reasons
@@ -519,7 +530,8 @@ def verify_detached(envelope, trust, source, at_time=None, allow_legacy_digests=
     return verdict
 
 
-def _verify_in(openssl, verdict, refuse, trust, attime, allow_legacy_digests, max_bytes, purpose):
+def _verify_in(openssl, verdict, trust, attime, allow_legacy_digests, max_bytes, purpose):
+    refuse = verdict.refuse
     no_anchors = ["-no-CAfile", "-no-CApath", "-no-CAstore"]
     code, _out, err = openssl.run(["cms", "-cmsout", "-in", "envelope", "-outform", "DER", "-out", "signature.der"])
     if code != 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: image_info
-short_description: What a hypervisor holds and what its BitTorrent engine is doing
+short_description: Report the images a hypervisor holds and what its BitTorrent engine does
 version_added: 0.1.0
 description:
   - Lists the verified images in the image store (see M(vmic.fleet.image_sync) for the layout), the
