@@ -125,14 +125,14 @@ def _subscription(entry):
 
 
 def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, record=True, https_ca_file=None, allow_http=False,
-                 timeout=30, fetch=fetch_bytes):
+                 timeout=30, fetch=fetch_bytes, now=None):
     """Fetch and verify every subscribed list, each on its own; returns :class:`listverify.ListVerdict` objects
     (refused ones included).
 
     Each entry of ``lists`` is a subscription: ``src``, ``endorser`` (a name of the registry) and
     ``identifier`` (the list UUID). The verdict of each carries its subscription, so that a refused
     list still names whose images it covers. ``fetch`` is :func:`fetch.fetch_bytes` or a function with
-    its signature (tests pass an in-memory repository).
+    its signature (tests pass an in-memory repository); ``now`` the time lists are judged at (default: now).
     """
     verdicts = []
     for entry in lists:
@@ -142,7 +142,7 @@ def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, reco
             envelope = fetch(source, MAX_ENVELOPE_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="image list")
             verdict = verify_image_list(envelope, source, trust, registry, state=state, expected_identifier=subscription["identifier"],
                                         expected_endorser=subscription["endorser"], allow_legacy_digests=allow_legacy_digests,
-                                        record=record)
+                                        record=record, now=now)
         except MissingDependencyError:
             raise
         except VmicError as exc:
@@ -467,8 +467,14 @@ def _discard_taken(store, planned):
     target = os.path.join(final, planned.name)
     if planned.taken and os.path.lexists(target):
         os.unlink(target)
-    if os.path.isdir(final) and not os.listdir(final):
-        os.rmdir(final)
+    _remove_empty_final(final)
+
+
+def _remove_empty_final(final):
+    """Remove a final directory a failed take made, and its identifier directory when no other version is in it."""
+    for directory in (final, os.path.dirname(final)):
+        if os.path.isdir(directory) and not os.path.islink(directory) and not os.listdir(directory):
+            os.rmdir(directory)
 
 
 def _give_back(store, engine, planned, data):
@@ -477,7 +483,7 @@ def _give_back(store, engine, planned, data):
     final = store.final_dir(planned.identifier, planned.version)
     partial = store.partial_dir(planned.identifier, planned.version)
     os.rename(os.path.join(final, planned.name), os.path.join(partial, planned.name))
-    os.rmdir(final)
+    _remove_empty_final(final)
     engine.add(data, partial, seed_mode=True)
 
 
