@@ -338,6 +338,15 @@ class ImageStore(object):
             os.chmod(path, 0o755)
         return final
 
+    def remove_final_dir(self, identifier, version):
+        """Undo :meth:`make_final_dir` for an image that is not committed: remove its final dir, then its identifier
+        dir, each only when empty (a held version of the same identifier keeps the identifier dir)."""
+        final = self.final_dir(identifier, version)
+        for path in (final, os.path.dirname(final)):
+            if os.path.islink(path) or not os.path.isdir(path) or os.listdir(path):
+                return
+            os.rmdir(path)
+
     def take_ownership(self, image):
         """Make a held image root's and read-only (file 0444, directories 0755) when it is not already.
 

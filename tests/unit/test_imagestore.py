@@ -252,3 +252,15 @@ def test_store_info_gathers_images_progress_and_engine_status(tmp_path):
     info = store_info(store, StatusEngine(), verify=True)
     assert [item["path"] for item in info["corrupt"]] == [image.path] and "sha512" in info["corrupt"][0]["reason"]
     assert info["torrents"] == [] and info["engine_error"] == "engine /run/none.sock: status failed: No such file or directory"
+
+
+def test_remove_final_dir_leaves_no_empty_directory_and_keeps_held_versions(tmp_path):
+    store = ImageStore(str(tmp_path / "store"))
+    store.ensure()
+    store.make_final_dir(UUID, "2")
+    store.remove_final_dir(UUID, "2")
+    assert os.listdir(store.store_dir) == [".partial"]
+    held = commit(store, "1")
+    store.make_final_dir(UUID, "2")
+    store.remove_final_dir(UUID, "2")
+    assert sorted(os.listdir(os.path.join(store.store_dir, UUID))) == ["1", "1.json", "current"] and os.path.isfile(held.path)
