@@ -15,22 +15,17 @@ Any failure before the commit step leaves the store exactly as it was.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, MissingDependencyError, StoreError, TorrentError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
 from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_ENVELOPE_BYTES, MAX_TORRENT_BYTES
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import BTIH_V1, BTIH_V2, TORRENT_SHA256, TORRENT_URI, Image, ImageListError
-from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import PARTIAL, check_file, secure_file
+from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import check_file, secure_file
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import ListVerdict, verify_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate, identity
-
-PROGRESS_FILE = "progress.json"
-
 
 ENGINE_KINDS = ("libtorrent", "rtorrent")
 DEFAULT_SOCKETS = {"libtorrent": "/run/vmic-engine/engine.sock", "rtorrent": "/run/rtorrent/rpc.sock"}
@@ -269,7 +264,7 @@ def _write_progress(store, items, started):
         "images": [dict(identifier=p.identifier, version=p.version, progress=p.status.get("progress", 0.0),
                         state=p.status.get("state"), total_done=p.status.get("total_done", 0), size=p.size) for p in items],
     }
-    write_atomic(os.path.join(store.store_dir, PARTIAL, PROGRESS_FILE), json.dumps(progress).encode("utf-8"), 0o644)
+    store.write_progress(progress)
 
 
 def _engine_owned_dir(path, mode, owner):
