@@ -462,14 +462,7 @@ def _discard_taken(store, planned):
     target = os.path.join(final, planned.name)
     if planned.taken and os.path.lexists(target):
         os.unlink(target)
-    _remove_empty_final(final)
-
-
-def _remove_empty_final(final):
-    """Remove a final directory a failed take made, and its identifier directory when no other version is in it."""
-    for directory in (final, os.path.dirname(final)):
-        if os.path.isdir(directory) and not os.path.islink(directory) and not os.listdir(directory):
-            os.rmdir(directory)
+    store.remove_final_dir(planned.identifier, planned.version)
 
 
 def _give_back(store, engine, planned, data):
@@ -478,7 +471,7 @@ def _give_back(store, engine, planned, data):
     final = store.final_dir(planned.identifier, planned.version)
     partial = store.partial_dir(planned.identifier, planned.version)
     os.rename(os.path.join(final, planned.name), os.path.join(partial, planned.name))
-    _remove_empty_final(final)
+    store.remove_final_dir(planned.identifier, planned.version)
     engine.add(data, partial, seed_mode=True)
 
 
