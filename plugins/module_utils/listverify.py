@@ -25,13 +25,13 @@ import time
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import TrustError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import ImageList, ImageListError, compare_versions, parse_image_list
-from ansible_collections.vmic.fleet.plugins.module_utils.smime import verify_detached, verify_endorser_binding
+from ansible_collections.vmic.fleet.plugins.module_utils.smime import Verdict, verify_detached, verify_endorser_binding
 
 # Clocks on hypervisors drift a little; a list created a few minutes "in the future" is not an attack.
 CLOCK_SKEW_SECONDS = 300
 
 
-class ListVerdict(object):
+class ListVerdict(Verdict):
     """The outcome of verifying one image list: the object policy and the sync planner work on.
 
     ``image_list`` is the parsed :class:`imagelist.ImageList` (None when the list could not be read);
@@ -40,9 +40,7 @@ class ListVerdict(object):
     """
 
     def __init__(self, source):
-        self.source = source
-        self.valid = False
-        self.reasons = []
+        super(ListVerdict, self).__init__(source)
         self.image_list = None
         self.subscription = None
         self.signature = None        # the smime.SignatureVerdict the signer fields come from
@@ -83,10 +81,6 @@ class ListVerdict(object):
         """The list's hv:version (None when it could not be read)."""
         return self.image_list.version if self.image_list is not None else None
 
-    def refuse(self, reason):
-        """Add a reason, prefixed with the list's source."""
-        self.reasons.append("image list %s: %s" % (self.source, reason))
-
     @classmethod
     def unreadable(cls, source, reason):
         """The verdict on a list that could not even be fetched or read (``reason`` names it already)."""
@@ -96,10 +90,8 @@ class ListVerdict(object):
 
     def to_result(self):
         """Plain data for a module result."""
-        result = {
-            "source": self.source,
-            "valid": self.valid,
-            "reasons": list(self.reasons),
+        result = self.to_dict()
+        result.update({
             "signer_dn": self.signer_dn,
             "issuer_dn": self.issuer_dn,
             "digest": self.digest,
@@ -110,7 +102,7 @@ class ListVerdict(object):
             "previous_version": self.previous_version,
             "metadata": None,
             "images": [],
-        }
+        })
         if self.image_list is not None:
             result["metadata"] = self.image_list.metadata()
             result["images"] = [image.to_dict() for image in self.image_list.images]
