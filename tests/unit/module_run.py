@@ -17,8 +17,9 @@ def run_module(name, args, workdir, check_mode=False, pythonpath=()):
     path = os.path.join(str(workdir), "%s-args.json" % name)
     with open(path, "w") as handle:
         json.dump({"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check_mode)}, handle)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(list(pythonpath) + [COLLECTIONS]))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "plugins", "modules", name + ".py"), path],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.pathsep.join(list(pythonpath) + [COLLECTIONS])), check=False)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, check=False)
     try:
         return json.loads(proc.stdout.decode())
     except ValueError:
