@@ -16,17 +16,12 @@
 # Environment: VENV (default: <repo>/.venv)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-VENV="${VENV:-${ROOT}/.venv}"
+# shellcheck source=/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/../tools/venv.sh" integration
 TARGETS_DIR="${ROOT}/tests/integration/targets"
 COLLECTIONS="${ROOT}/.tmp/collections"
 LINK="${COLLECTIONS}/ansible_collections/vmic/fleet"
 SCRATCH="${ROOT}/.tmp/integration"
-
-if [[ ! -x "${VENV}/bin/python" ]]; then
-    echo "integration: no virtual environment at ${VENV} (run: make venv)" >&2
-    exit 1
-fi
 
 # Same layout as tests/conftest.py: Ansible's collection loader follows the symlink.
 mkdir -p "$(dirname "${LINK}")"
@@ -34,7 +29,6 @@ if [[ ! -e "${LINK}" ]]; then
     ln -sfn "${ROOT}" "${LINK}"
 fi
 
-export PATH="${VENV}/bin:${PATH}"
 export ANSIBLE_COLLECTIONS_PATH="${COLLECTIONS}"
 export VMIC_FLEET_ROOT="${ROOT}"
 

@@ -384,25 +384,19 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="a fleet's state (JSON)")
-    p.add_argument("--name", required=True)
-    p.set_defaults(func=cmd_show)
-
-    p = sub.add_parser("inventory", help="path of a fleet's Ansible inventory")
-    p.add_argument("--name", required=True)
-    p.add_argument("--show", action="store_true", help="print the inventory instead of its path")
-    p.set_defaults(func=cmd_inventory)
-
-    p = sub.add_parser("memory", help="memory used by each host")
-    p.add_argument("--name", required=True)
-    p.set_defaults(func=cmd_memory)
-
-    p = sub.add_parser("exec", help="run a command on a host: exec --name N HOST -- argv...")
-    p.add_argument("--name", required=True)
-    p.add_argument("--ssh", action="store_true", help="go through sshd instead of entering the namespaces")
-    p.add_argument("host")
-    p.add_argument("argv", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_exec)
+    # The commands about one fleet, named by --name.
+    named = {}
+    for command, func, text in (("show", cmd_show, "a fleet's state (JSON)"),
+                                ("inventory", cmd_inventory, "path of a fleet's Ansible inventory"),
+                                ("memory", cmd_memory, "memory used by each host"),
+                                ("exec", cmd_exec, "run a command on a host: exec --name N HOST -- argv...")):
+        named[command] = sub.add_parser(command, help=text)
+        named[command].add_argument("--name", required=True)
+        named[command].set_defaults(func=func)
+    named["inventory"].add_argument("--show", action="store_true", help="print the inventory instead of its path")
+    named["exec"].add_argument("--ssh", action="store_true", help="go through sshd instead of entering the namespaces")
+    named["exec"].add_argument("host")
+    named["exec"].add_argument("argv", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("proxy", help="(internal) SSH ProxyCommand into the fleet's controller namespace")
     p.add_argument("--netns", required=True)

@@ -15,18 +15,12 @@
 # Environment: VENV (default: <repo>/.venv)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-VENV="${VENV:-${ROOT}/.venv}"
+# shellcheck source=/dev/null
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh" ansible-test-sanity
 PYTHON="${VENV}/bin/python"
 COPY_BASE="${ROOT}/.tmp/ansible-test"
 DEST="${COPY_BASE}/ansible_collections/vmic/fleet"
 
-if [[ ! -x "${PYTHON}" ]]; then
-    echo "ansible-test-sanity: no virtual environment at ${VENV} (run: make venv)" >&2
-    exit 1
-fi
-
-export PATH="${VENV}/bin:${PATH}"
 # ansible-test sets up the collection search path for the copy itself.
 unset ANSIBLE_COLLECTIONS_PATH ANSIBLE_COLLECTIONS_PATHS
 
