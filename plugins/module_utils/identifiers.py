@@ -3,6 +3,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The one definition of each identifier kind and each size limit shared across files.
 
+Each pattern matches a whole string (``\\Z``: a trailing newline is refused, which ``$`` would accept).
+
 Identifier kinds (every other module imports these, none defines its own):
 
 - a UUID (``dc:identifier`` of lists and images): :data:`UUID_RE` accepts either case as signed,
@@ -21,15 +23,15 @@ import re
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
-UUID_RE = re.compile(r"^%s$" % _UUID, re.IGNORECASE)
-UUID_LOWER_RE = re.compile(r"^%s$" % _UUID)
-HEX40_RE = re.compile(r"^[0-9a-f]{40}$")
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
-SHA512_RE = re.compile(r"^[0-9a-f]{128}$")
+UUID_RE = re.compile(r"^%s\Z" % _UUID, re.IGNORECASE)
+UUID_LOWER_RE = re.compile(r"^%s\Z" % _UUID)
+HEX40_RE = re.compile(r"^[0-9a-f]{40}\Z")
+HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
+SHA512_RE = re.compile(r"^[0-9a-f]{128}\Z")
 MAX_ENDORSER_NAME = 128
-ENDORSER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,%d}$" % (MAX_ENDORSER_NAME - 1))
+ENDORSER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,%d}\Z" % (MAX_ENDORSER_NAME - 1))
 # An approved-set key: ``<endorser>/<image uuid>``, or ``*/<uuid>`` for any endorser (earlier releases).
-IDENTITY_RE = re.compile(r"^(?:\*|[A-Za-z0-9][A-Za-z0-9._-]{0,%d})/%s$" % (MAX_ENDORSER_NAME - 1, _UUID))
+IDENTITY_RE = re.compile(r"^(?:\*|[A-Za-z0-9][A-Za-z0-9._-]{0,%d})/%s\Z" % (MAX_ENDORSER_NAME - 1, _UUID))
 
 # The largest signed image list (the S/MIME envelope) fetched, read or verified anywhere; the JSON
 # inside is held to imagelist.MAX_LIST_BYTES.

@@ -192,3 +192,20 @@ def test_local_path_torrent_refused(uri):
 @pytest.mark.parametrize("uri", ["https://repo.test/torrents/img.torrent", "http://repo.test:8080/t/img.torrent?x=1", "HTTPS://Repo.Test/t"])
 def test_torrent_url_accepted(uri):
     assert il.parse_image_list(mutate(IMG + ["vmic:torrent"], uri), "torrent-uri").images[0].torrent_uri == uri
+
+
+@pytest.mark.parametrize("field", ["image", "list", "sha512", "btih_v1"])
+def test_trailing_newline_identifier_refused(field):
+    """An identifier with a trailing newline ('$' in a pattern accepts one) would name another directory in the store."""
+    document = base_document()
+    body, image = document["hv:imagelist"], document["hv:imagelist"]["hv:images"][0]["hv:image"]
+    if field == "image":
+        image["dc:identifier"] += "\n"
+    elif field == "list":
+        body["dc:identifier"] += "\n"
+    elif field == "sha512":
+        image["sl:checksum:sha512"] += "\n"
+    else:
+        image[il.BTIH_V1] = "b" * 40 + "\n"
+    with pytest.raises(il.ImageListError):
+        il.parse_image_list(encode(document), "newline")
