@@ -186,7 +186,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import ApprovedSetStore, approve, check_known
 from ansible_collections.vmic.fleet.plugins.module_utils.argspec import policy_argument_spec
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import fail_missing_dependency
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import from_results
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy, select
 
@@ -209,6 +210,8 @@ def main():
         selected = select(approval.decisions, params["hosts"])
         if approval.changed and params["state_dir"] and not module.check_mode:
             store.save(approval.current)
+    except MissingDependencyError as exc:
+        fail_missing_dependency(module, exc)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
     result = dict(

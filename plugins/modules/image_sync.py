@@ -388,7 +388,8 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmic.fleet.plugins.module_utils.approvedset import check_known
 from ansible_collections.vmic.fleet.plugins.module_utils.argspec import engine_argument_spec, policy_argument_spec, trust_argument_spec
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import fail_missing_dependency
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import (
     TransferFailed, engine_from_spec, engine_owner, plan_sync, retire, transfer, verify_lists)
@@ -475,6 +476,8 @@ def main():
         result["held"] = [image.to_dict() for image in store.images()]
     except TransferFailed as exc:
         module.fail_json(msg=str(exc), **result)
+    except MissingDependencyError as exc:
+        fail_missing_dependency(module, exc)
     except VmicError as exc:
         module.fail_json(msg=str(exc), **result)
     module.exit_json(**result)

@@ -291,7 +291,8 @@ source:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.vmic.fleet.plugins.module_utils.argspec import trust_argument_spec
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import fail_missing_dependency
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
 from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_ENVELOPE_BYTES
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import verify_image_list
@@ -335,6 +336,8 @@ def main():
                                     subscribed_url=params["url"],
                                     allow_legacy_digests=params["allow_legacy_digests"],
                                     record=not module.check_mode, max_bytes=params["max_bytes"])
+    except MissingDependencyError as exc:
+        fail_missing_dependency(module, exc)
     except VmicError as exc:
         module.fail_json(msg=str(exc))
 
