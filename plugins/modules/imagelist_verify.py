@@ -253,14 +253,17 @@ signer_dn:
   description: Canonical subject DN of the signer.
   returned: when a signer was found
   type: str
+  sample: /DC=org/DC=example/OU=IT/CN=Image Endorser
 issuer_dn:
   description: Canonical issuer DN of the signer.
   returned: when a signer was found
   type: str
+  sample: /DC=org/DC=example/CN=Example Grid CA
 digest:
   description: Digest algorithm of the signature.
   returned: when a signer was found
   type: str
+  sample: sha256
 endorser:
   description: Name of the trusted endorser that signed the list.
   returned: when valid
@@ -273,6 +276,7 @@ sha256:
   description: sha256 of the signed payload.
   returned: when the signature was valid
   type: str
+  sample: 5f0c6a3e8b1d2f4a6c8e0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a
 expired_images:
   description: Identifiers of images whose own expiry date has passed.
   returned: always
