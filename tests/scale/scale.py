@@ -71,6 +71,7 @@ class Run:
         self.wall = None
         self.cpu = None
         self.rc = None
+        self.tasks = []
 
     def __call__(self):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -116,7 +117,8 @@ class Scale:
         self.env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
                         ANSIBLE_COLLECTIONS_PATH=ensure_collection_path(), ANSIBLE_CONFIG=os.path.join(HERE, "ansible.cfg"),
                         ANSIBLE_FORKS=str(args.forks), VMIC_DEMO_DIR=self.demo_dir, ANSIBLE_NOCOLOR="1",
-                        ANSIBLE_LOCAL_TEMP=os.path.join(WORK, "ansible-tmp"))
+                        ANSIBLE_LOCAL_TEMP=os.path.join(WORK, "ansible-tmp"), ANSIBLE_CALLBACKS_ENABLED="scale_timer",
+                        ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"))
 
     # -- set-up -------------------------------------------------------------------------------------
 
@@ -182,7 +184,12 @@ class Scale:
 
     def ansible(self, label, argv, timeout=3600, must_pass=True):
         """Run an ansible command in the controller namespace; returns the Run."""
-        run = Run(label, self.light.controller_argv(argv), self.env, os.path.join(self.logs, label + ".log"), timeout)()
+        timer = os.path.join(self.logs, label + ".tasks.jsonl")
+        if os.path.exists(timer):
+            os.unlink(timer)
+        env = dict(self.env, SCALE_TIMER_FILE=timer)
+        run = Run(label, self.light.controller_argv(argv), env, os.path.join(self.logs, label + ".log"), timeout)()
+        run.tasks = _read_tasks(timer)
         self.results[label] = run
         if must_pass and run.rc != 0:
             raise FleetError("%s failed (exit %d); end of its output:\n%s" % (label, run.rc, run.tail()))
@@ -209,14 +216,18 @@ class Scale:
         self.results["memory"] = lighthost.measure(self.light, self.args.idle)
         for line in lighthost.format_measure(self.results["memory"]):
             say(line)
-        self.playbook("site-services", "site.yml", "--limit", "repository:trackers")
-        self.playbook("publish", "publish.yml")
-        self.playbook("converge", "rollout.yml")
+        if not self.args.ping_only:
+            self.playbook("site-services", "site.yml", "--limit", "repository:trackers")
+            self.playbook("publish", "publish.yml")
+            self.playbook("converge", "rollout.yml")
         ping = self.ansible("ping", [os.path.join(VENV_BIN, "ansible")] + self.inventories() + ["hypervisors", "-m", "ansible.builtin.ping",
                                                                                                 "-o"])
-        status = self.playbook("status", "status.yml")
-        noop = self.playbook("noop", "rollout.yml")
-        self.results["converged"] = self.converged_count()
+        status = noop = None
+        self.results["converged"] = None
+        if not self.args.ping_only:
+            status = self.playbook("status", "status.yml")
+            noop = self.playbook("noop", "rollout.yml")
+            self.results["converged"] = self.converged_count()
         self.results["total_s"] = time.monotonic() - t0
         return self.report(ping, status, noop)
 
@@ -232,21 +243,33 @@ class Scale:
         n = len(self.hosts)
 
         def ratio(run):
-            return "%.2f" % (run.wall / ping.wall) if ping.wall else "na"
+            return "%.2f" % (run.wall / ping.wall) if run and ping.wall else "na"
+
+        def wall(run):
+            return "%.1f" % run.wall if run else "na"
 
         for label in ("site-services", "publish", "converge", "ping", "status", "noop"):
-            run = self.results[label]
-            say("%-14s %7.1f s wall %7.1f s controller CPU (%.2f CPU-s per host)" % (label, run.wall, run.cpu, run.cpu / n))
+            run = self.results.get(label)
+            if run:
+                say("%-14s %7.1f s wall %7.1f s controller CPU (%.2f CPU-s per host)" % (label, run.wall, run.cpu, run.cpu / n))
+        for label in ("status", "noop"):
+            if label not in self.results:
+                continue
+            slow = sorted(self.results[label].tasks, key=lambda t: -t["seconds"])[:4]
+            say("%s, slowest tasks: %s" % (label, "; ".join("%.1f s %s" % (t["seconds"], t["task"]) for t in slow)))
         with open("/proc/loadavg", encoding="ascii") as handle:
             say("load average: %s; %d CPUs; total %.0f s" % (handle.read().strip(), os.cpu_count(), self.results["total_s"]))
         fields = [
-            ("hosts", n), ("ping", "%.1f" % ping.wall), ("status", "%.1f" % status.wall), ("status_ratio", ratio(status)),
-            ("noop", "%.1f" % noop.wall), ("noop_ratio", ratio(noop)), ("change", "na"), ("transfer_max", "na"),
-            ("overhead_ratio", "na"), ("converged", "%d/%d" % (self.results["converged"], n)), ("faulty_converged", "na"),
+            ("hosts", n), ("ping", wall(ping)), ("status", wall(status)), ("status_ratio", ratio(status)),
+            ("noop", wall(noop)), ("noop_ratio", ratio(noop)), ("change", "na"), ("transfer_max", "na"),
+            ("overhead_ratio", "na"),
+            ("converged", "na" if self.results["converged"] is None else "%d/%d" % (self.results["converged"], n)),
+            ("faulty_converged", "na"),
             ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
         ]
         summary = {k: v for k, v in fields}
-        summary.update({"ping_cpu_s": round(ping.cpu, 1), "status_cpu_s": round(status.cpu, 1), "noop_cpu_s": round(noop.cpu, 1),
+        summary.update({"cpu_s": {label: round(self.results[label].cpu, 1) for label in self.results if isinstance(self.results[label], Run)},
+                        "tasks": {label: self.results[label].tasks for label in ("status", "noop", "converge") if label in self.results},
                         "memory": mem, "light_timings": self.results["light_timings"]})
         with open(os.path.join(WORK, "scale.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=1, sort_keys=True)
@@ -260,6 +283,18 @@ class Scale:
             self.boot.destroy()
 
 
+def _read_tasks(path):
+    """The scale_timer callback's records (list of dicts), [] when it wrote none."""
+    out = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                out.append(json.loads(line))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 def main(argv=None):
     """Parse options, run, always clean up."""
     parser = argparse.ArgumentParser(description="vmic.fleet control plane on many light hypervisors (make scale)")
@@ -267,6 +302,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=25, help="light hosts started at once")
     parser.add_argument("--forks", type=int, default=50, help="Ansible forks")
     parser.add_argument("--playbooks", default=os.path.join(REPO_ROOT, "playbooks"), help="directory of the playbooks run")
+    parser.add_argument("--ping-only", action="store_true", help="light hosts, memory and ping only (no repository, no rollout)")
     parser.add_argument("--idle", type=int, default=20, help="seconds over which idle engine CPU is measured")
     args = parser.parse_args(argv)
     if args.hosts < 1 or args.hosts > 3000:
