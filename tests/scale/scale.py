@@ -314,6 +314,9 @@ def main(argv=None):
     except FleetError as exc:
         say("failed: %s" % exc)
         return 1
+    except (KeyboardInterrupt, lighthost.Interrupted) as exc:
+        say("interrupted (%s)" % (exc or "Ctrl-C"))
+        return 130
     finally:
         say("removing the fleets")
         scale.teardown()
