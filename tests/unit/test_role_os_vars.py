@@ -143,12 +143,12 @@ def test_site_ca_goes_to_each_os_family_trust_store():
     stores = play["vars"]["site_ca_trust_stores"]
     assert stores == {
         # what site.yml did before the OS families
-        "Debian": {"anchor": "/usr/local/share/ca-certificates/vmic-site-ca.crt", "update": ["update-ca-certificates"]},
-        "RedHat": {"anchor": "/etc/pki/ca-trust/source/anchors/vmic-site-ca.crt", "update": ["update-ca-trust", "extract"]},
+        "Debian": {"anchor": "/usr/local/share/ca-certificates/vmic-site-ca.crt", "refresh": ["update-ca-certificates"]},
+        "RedHat": {"anchor": "/etc/pki/ca-trust/source/anchors/vmic-site-ca.crt", "refresh": ["update-ca-trust", "extract"]},
     }
     install = next(task for task in play["tasks"] if task["name"] == "Install the site's TLS CA certificate")
     assert "{{ site_ca_trust_store.anchor }}" in install["loop"]
-    assert play["handlers"][0]["ansible.builtin.command"]["argv"] == "{{ site_ca_trust_store.update }}"
+    assert play["handlers"][0]["ansible.builtin.command"]["argv"] == "{{ site_ca_trust_store.refresh }}"
     # The play gathers no facts: it gathers the OS family itself before the first task that needs it.
     assert play["gather_facts"] is False
     assert play["tasks"][0]["ansible.builtin.setup"]["gather_subset"][-2:] == ["distribution", "pkg_mgr"]
