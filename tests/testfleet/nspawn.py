@@ -840,13 +840,14 @@ class FleetArtefacts:
         """The fleet's state (JSON)."""
         return os.path.join(self.state_dir, "state.json")
 
+    # The interface each fleet class implements (NspawnFleet, lighthost.LightFleet); the context manager calls it.
     def create(self):
-        """Start the fleet."""
-        raise NotImplementedError
+        """Start the fleet (abstract: NspawnFleet and LightFleet define it)."""
+        raise NotImplementedError("%s defines no create()" % type(self).__name__)
 
     def destroy(self):
-        """Stop the fleet and remove what it made."""
-        raise NotImplementedError
+        """Stop the fleet and remove what it made (abstract: NspawnFleet and LightFleet define it)."""
+        raise NotImplementedError("%s defines no destroy()" % type(self).__name__)
 
     def __enter__(self):
         self.create()
