@@ -128,6 +128,7 @@ scale: $(VENV_STAMP) collection-link
 
 BENCH_ARGS ?=
 bench: $(VENV_STAMP) collection-link
+	bash "$(ROOT)/tests/tools/install-deps.sh"
 	cd "$(ROOT)" && "$(VENV_PYTHON)" bench/bench_swarm.py $(BENCH_ARGS)
 
 clean:

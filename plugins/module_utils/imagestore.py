@@ -206,7 +206,11 @@ def _check_names(identifier, version):
 
 
 class StoredImage(object):
-    """An image the store holds (its metadata file exists)."""
+    """An image the store holds (its metadata file exists): what image_sync committed of a verified Image.
+
+    ``meta`` is the metadata file as written at commit; its fields are read through the attributes below
+    (None when a store of an earlier release did not record one).
+    """
 
     def __init__(self, store, identifier, version, meta):
         self.store = store
@@ -214,6 +218,16 @@ class StoredImage(object):
         self.version = version
         self.meta = meta
         self.name = meta.get("name")
+        self.endorser = meta.get("endorser")          # None: committed before the store recorded endorsers
+        self.list_identifier = meta.get("list")
+        self.sha512 = meta.get("sha512")
+        self.size = meta.get("size")
+        self.title = meta.get("title")
+        self.engine_key = meta.get("engine_key")
+
+    def describe(self):
+        """``<identifier> <version> (<title>)``, as imagelist.Image.describe names an image."""
+        return "%s %s (%s)" % (self.identifier, self.version, self.title)
 
     @property
     def path(self):
@@ -239,10 +253,10 @@ class StoredImage(object):
             "identifier": self.identifier,
             "version": self.version,
             "path": self.path,
-            "size": self.meta.get("size"),
-            "sha512": self.meta.get("sha512"),
-            "list": self.meta.get("list"),
-            "title": self.meta.get("title"),
+            "size": self.size,
+            "sha512": self.sha512,
+            "list": self.list_identifier,
+            "title": self.title,
             "verified_at": self.meta.get("verified_at"),
             "btih_v1": self.meta.get("btih_v1"),
         }

@@ -108,8 +108,8 @@ class SyncPlan(object):
         """before/after text for Ansible's diff: one line per image held (identifier, version, title)."""
         def line(identifier, version, title):
             return "%s %s (%s)\n" % (identifier, version, title)
-        before = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep + self.held + self.retire]
-        after = [line(s.identifier, s.version, s.meta.get("title")) for s in self.keep + self.held]
+        before = [line(s.identifier, s.version, s.title) for s in self.keep + self.held + self.retire]
+        after = [line(s.identifier, s.version, s.title) for s in self.keep + self.held]
         after += [line(p.identifier, p.version, p.image.title) for p in self.add]
         return {"before": "".join(sorted(before)), "after": "".join(sorted(after))}
 
@@ -166,7 +166,7 @@ def _owner_status(verdicts):
 
 def _held_owner(stored, owners):
     """The status of the subscription a held image came from (None: no longer subscribed)."""
-    endorser, list_identifier = stored.meta.get("endorser"), stored.meta.get("list")
+    endorser, list_identifier = stored.endorser, stored.list_identifier
     if endorser is not None:
         return owners.get((endorser, list_identifier))
     # Images committed before the store recorded endorsers: matched by list UUID alone.
@@ -188,7 +188,7 @@ def plan_sync(verdicts, policy, profile, store, known=()):
     owners = _owner_status(verdicts)
     held = store.images()
     # What this host holds keeps its identifier against a newcomer from another endorser.
-    incumbents = [identity(s.meta["endorser"], s.identifier) for s in held if s.meta.get("endorser")]
+    incumbents = [identity(s.endorser, s.identifier) for s in held if s.endorser]
     decisions = evaluate(policy, verdicts, known=known, incumbents=incumbents)
     host = HostProfile("this host", profile or {})
     for decision in decisions:
@@ -201,18 +201,18 @@ def plan_sync(verdicts, policy, profile, store, known=()):
         if owner == "refused":
             plan.held.append(stored)
             continue
-        endorser = stored.meta.get("endorser")
+        endorser = stored.endorser
         planned = None
         if owner == "valid":
             candidates = [p for (e, i, v), p in wanted.items() if (e == endorser or endorser is None) and i == stored.identifier and v == stored.version]
             planned = candidates[0] if len(candidates) == 1 else None
-        if planned is not None and stored.meta.get("sha512") == planned.sha512:
+        if planned is not None and stored.sha512 == planned.sha512:
             plan.keep.append(stored)
         else:
             plan.retire.append(stored)
     kept = set((s.identifier, s.version) for s in plan.keep)
     retiring = set((s.identifier, s.version) for s in plan.retire)
-    held_by = dict((s.identifier, s.meta.get("endorser")) for s in plan.held)
+    held_by = dict((s.identifier, s.endorser) for s in plan.held)
     plan.add = []
     for planned in plan.desired:
         if (planned.identifier, planned.version) in kept:
@@ -315,7 +315,7 @@ def _assign_sources(plan, store):
     (sha512 and size) is its source instead (a re-endorsement, or one file listed under two identifiers)."""
     held = {}
     for stored in store.images():
-        key = (stored.meta.get("sha512"), stored.meta.get("size"))
+        key = (stored.sha512, stored.size)
         if key not in held and os.path.isfile(stored.path) and not os.path.islink(stored.path):
             held[key] = stored
     leaders = {}
@@ -717,7 +717,7 @@ def _stop_seeding(store, engine, image, remaining):
 
     Returns None or why the engine could not be told.
     """
-    key = image.meta.get("engine_key")
+    key = image.engine_key
     if not key or engine is None:
         return None
     try:
@@ -726,7 +726,7 @@ def _stop_seeding(store, engine, image, remaining):
             return None            # the engine seeds this torrent from an image that stays (or not at all)
         engine.remove(key, delete_files=False)
         for other in remaining:
-            data = other.torrent() if other.meta.get("engine_key") == key else None
+            data = other.torrent() if other.engine_key == key else None
             if data is not None and os.path.isfile(other.path):
                 engine.add(data, other.directory, seed_mode=True)
                 break

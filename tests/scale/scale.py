@@ -30,7 +30,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -267,7 +266,7 @@ class Scale:
             ("faulty_converged", "na"),
             ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
         ]
-        summary = {k: v for k, v in fields}
+        summary = dict(fields)
         summary.update({"cpu_s": {label: round(self.results[label].cpu, 1) for label in self.results if isinstance(self.results[label], Run)},
                         "tasks": {label: self.results[label].tasks for label in ("status", "noop", "converge") if label in self.results},
                         "memory": mem, "light_timings": self.results["light_timings"]})

@@ -520,8 +520,9 @@ class LightFleet:
 
     def _write_inventory(self, groups):
         q = json.dumps
-        lines = ["# Ansible inventory of light fleet %s (tests/testfleet/lighthost.py); run ansible in namespace %s." % (
-            self.name, os.path.basename(self.ctl_netns_path)),
+        header = "# Ansible inventory of light fleet %s (tests/testfleet/lighthost.py); run ansible in namespace %s." % (
+            self.name, os.path.basename(self.ctl_netns_path))
+        lines = [header,
                  "all:", "  children:", "    lighthosts:", "      vars:",
                  "        ansible_user: root",
                  "        ansible_python_interpreter: /usr/bin/python3",
@@ -765,8 +766,8 @@ def measure(fleet, idle_seconds=20.0):
     """Memory per host (Pss, KiB, by kind; mean and max) and the idle CPU of the engines over ``idle_seconds``."""
     mem = fleet.memory()
     count = max(1, len(mem))
-    mean = {k: sum(m[k] for m in mem.values()) / count for k in ("sshd", "engine", "nspawn", "other", "total",
-                                                                   "engine_rss", "engine_private")}
+    kinds = ("sshd", "engine", "nspawn", "other", "total", "engine_rss", "engine_private")
+    mean = {k: sum(m[k] for m in mem.values()) / count for k in kinds}
     result = {"hosts": len(mem), "pss_kib_mean": mean, "pss_kib_max": max((m["total"] for m in mem.values()), default=0)}
     if idle_seconds:
         before = fleet.engine_cpu_seconds()

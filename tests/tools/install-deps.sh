@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the tests and the demo need (root; only missing ones).
-# Used by .ci/run and by `make demo`.
+# Used by .ci/run, `make demo`, `make bench` and `make scale`.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
