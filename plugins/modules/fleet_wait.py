@@ -12,8 +12,8 @@ short_description: Follow a fleet's downloads on the controller, one round at a 
 version_added: 0.1.0
 description:
   - Runs on the controller (an action plugin; run it with C(run_once)). C(rollout.yml) starts every hypervisor's downloads at once
-    (M(vmic.fleet.image_sync) with O(vmic.fleet.image_sync#module:phase=download) and O(vmic.fleet.image_sync#module:wait=false):
-    each engine downloads on its own), then repeats a round until no host is pending - this action, then
+    (M(vmic.fleet.image_sync) with O(vmic.fleet.image_sync#module:phase=download) and O(vmic.fleet.image_sync#module:wait=false),
+    so that each engine downloads on its own), then repeats a round until no host is pending - this action, then
     M(vmic.fleet.image_info) on the pending hosts only (one module run per pending host), then a failure for each host this
     action found failed.
   - Each round it judges every host of the play from its start result (O(start_var)) and its last read (O(read_var)) - done

@@ -13,8 +13,12 @@ One run, one inventory, one ansible.cfg (tests/scale/ansible.cfg):
    a first ``rollout.yml`` converges the fleet;
 4. measured: ``ansible hypervisors -m ping``, ``status.yml`` on the converged fleet, a no-op
    ``rollout.yml``; wall time and controller CPU (``getrusage(RUSAGE_CHILDREN)`` of each run; the
-   ControlPersist SSH masters detach and are not counted);
-5. the light hosts' memory (Pss of sshd, engine, nspawn) and their engines' idle CPU.
+   ControlPersist SSH masters detach and are not counted); with ``--baseline DIR`` the same
+   ``status.yml`` and no-op ``rollout.yml`` from another playbook directory too (before / after);
+5. the one-change rollout: stage 2 of the demo content (a new version of one 8 MiB image for every
+   host) published, ``rollout.yml`` timed, the slowest host's transfer read from the fleet report,
+   ``status.yml`` counts the converged hosts (``--no-change`` skips it);
+6. the light hosts' memory (Pss of sshd, engine, nspawn) and their engines' idle CPU.
 
 Every Ansible run happens in the fleet's controller namespace (``ip netns exec``), where every host is
 reachable directly, as from a site's controller. The last line is the issue's machine-readable
@@ -30,6 +34,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +55,11 @@ VENV_BIN = os.path.dirname(sys.executable)
 STORE_DIRS = ("/var/lib/vmic/images", "/var/lib/vmic/archive", "/var/lib/vmic/lists")
 CA_DIR = "/etc/grid-security/certificates"
 SITE_CA_FILES = ("/etc/vmic/site-ca.pem", "/usr/local/share/ca-certificates/vmic-site-ca.crt")
+# ControlPersist sockets of this harness's ansible runs: a directory of its own, emptied (masters stopped) at the start
+# and the end of a run, so that a master of an earlier run (to an address a new light host has now) is never reused.
+# A unix socket path has at most 107 bytes: ansible's %C hash is 40.
+CONTROL_DIR = os.path.join(WORK, "cp") if len(os.path.join(WORK, "cp")) < 60 else "/run/vmic-scale-cp"
+TRANSFER_RE = re.compile(r"\b(hv\d+): \d+ image\(s\), added \d+, transfer ([0-9.]+) s")
 
 
 def say(message):
@@ -117,6 +127,7 @@ class Scale:
                         ANSIBLE_COLLECTIONS_PATH=ensure_collection_path(), ANSIBLE_CONFIG=os.path.join(HERE, "ansible.cfg"),
                         ANSIBLE_FORKS=str(args.forks), VMIC_DEMO_DIR=self.demo_dir, ANSIBLE_NOCOLOR="1",
                         ANSIBLE_LOCAL_TEMP=os.path.join(WORK, "ansible-tmp"), ANSIBLE_CALLBACKS_ENABLED="scale_timer",
+                        ANSIBLE_SSH_CONTROL_PATH_DIR=CONTROL_DIR,
                         ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"))
 
     # -- set-up -------------------------------------------------------------------------------------
@@ -128,6 +139,7 @@ class Scale:
             say("removing the booted fleet of an earlier run")
             nspawn.cleanup_from_state(state)
         lighthost.cleanup_stale(progress=say)
+        stop_ssh_masters(CONTROL_DIR, progress=say)
 
     def content(self):
         """The demo's PKI and stage-1 content (three 8 MiB qcow2 images, two catalogues)."""
@@ -195,9 +207,10 @@ class Scale:
         return run
 
     def playbook(self, label, playbook, *extra, **kwargs):
-        """ansible-playbook with the run's inventories."""
+        """ansible-playbook with the run's inventories (playbooks from ``directory``, default --playbooks)."""
+        directory = kwargs.pop("directory", None) or self.args.playbooks
         argv = [os.path.join(VENV_BIN, "ansible-playbook")] + self.inventories() + [
-            os.path.join(self.args.playbooks, playbook)] + list(extra)
+            os.path.join(directory, playbook)] + list(extra)
         return self.ansible(label, argv, **kwargs)
 
     # -- the run ------------------------------------------------------------------------------------
@@ -226,13 +239,34 @@ class Scale:
         if not self.args.ping_only:
             status = self.playbook("status", "status.yml")
             noop = self.playbook("noop", "rollout.yml")
-            self.results["converged"] = self.converged_count()
+            self.results["converged"] = self.converged_count("status")
+            if self.args.baseline:
+                self.playbook("baseline-status", "status.yml", directory=self.args.baseline)
+                self.playbook("baseline-noop", "rollout.yml", directory=self.args.baseline)
+            if not self.args.no_change:
+                self.change()
         self.results["total_s"] = time.monotonic() - t0
         return self.report(ping, status, noop)
 
-    def converged_count(self):
+    def change(self):
+        """The one-change rollout: a new version of one 8 MiB image for every host (demo content stage 2), really
+        transferred; its wall time, the slowest host's transfer (the fleet report's ``transfer`` of the engines'
+        own clocks), then status.yml's count of converged hosts."""
+        subprocess.run([sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, "2"], check=True,
+                       env=self.env, stdout=subprocess.DEVNULL)
+        self.playbook("publish-change", "publish.yml")
+        run = self.playbook("change", "rollout.yml", must_pass=False)
+        with open(run.log_path, encoding="utf-8", errors="replace") as handle:
+            transfers = dict((host, float(seconds)) for host, seconds in TRANSFER_RE.findall(handle.read()))
+        self.results["transfers"] = transfers
+        self.playbook("status-after-change", "status.yml", must_pass=False)
+        self.results["converged_after_change"] = self.converged_count("status-after-change")
+        say("one-change rollout: exit %d, %d host(s) report a transfer, slowest %.1f s" % (
+            run.rc, len(transfers), max(transfers.values()) if transfers else float("nan")))
+
+    def converged_count(self, label):
         """Hypervisors status.yml reports as holding exactly their approved, selected images ("<host>: ok (...)")."""
-        with open(self.results["status"].log_path, encoding="utf-8", errors="replace") as handle:
+        with open(self.results[label].log_path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
         return len(set(re.findall(r"\b(hv\d+): ok \(", text)))
 
@@ -240,6 +274,10 @@ class Scale:
         """Human summary on stderr; the scale: line returned."""
         mem = self.results["memory"]
         n = len(self.hosts)
+        change = self.results.get("change")
+        transfers = self.results.get("transfers") or {}
+        transfer_max = "%.1f" % max(transfers.values()) if transfers else "na"
+        converged = self.results["converged"] if change is None else self.results.get("converged_after_change")
 
         def ratio(run):
             return "%.2f" % (run.wall / ping.wall) if run and ping.wall else "na"
@@ -247,11 +285,15 @@ class Scale:
         def wall(run):
             return "%.1f" % run.wall if run else "na"
 
-        for label in ("site-services", "publish", "converge", "ping", "status", "noop"):
+        for label in ("site-services", "publish", "converge", "ping", "status", "noop", "baseline-status", "baseline-noop",
+                      "publish-change", "change", "status-after-change"):
             run = self.results.get(label)
             if run:
                 say("%-14s %7.1f s wall %7.1f s controller CPU (%.2f CPU-s per host)" % (label, run.wall, run.cpu, run.cpu / n))
-        for label in ("status", "noop"):
+        for label in ("baseline-status", "baseline-noop"):
+            if label in self.results:
+                say("%s (%s): %.1f s, %.2f x ping" % (label, self.args.baseline, self.results[label].wall, ratio(self.results[label])))
+        for label in ("status", "noop", "change"):
             if label not in self.results:
                 continue
             slow = sorted(self.results[label].tasks, key=lambda t: -t["seconds"])[:4]
@@ -260,26 +302,63 @@ class Scale:
             say("load average: %s; %d CPUs; total %.0f s" % (handle.read().strip(), os.cpu_count(), self.results["total_s"]))
         fields = [
             ("hosts", n), ("ping", wall(ping)), ("status", wall(status)), ("status_ratio", ratio(status)),
-            ("noop", wall(noop)), ("noop_ratio", ratio(noop)), ("change", "na"), ("transfer_max", "na"),
-            ("overhead_ratio", "na"),
-            ("converged", "na" if self.results["converged"] is None else "%d/%d" % (self.results["converged"], n)),
+            ("noop", wall(noop)), ("noop_ratio", ratio(noop)), ("change", wall(change)), ("transfer_max", transfer_max),
+            ("overhead_ratio", "%.2f" % ((change.wall - float(transfer_max)) / ping.wall) if change and transfers and ping.wall else "na"),
+            ("converged", "na" if converged is None else "%d/%d" % (converged, n)),
             ("faulty_converged", "na"),
             ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
         ]
         summary = dict(fields)
         summary.update({"cpu_s": {label: round(self.results[label].cpu, 1) for label in self.results if isinstance(self.results[label], Run)},
-                        "tasks": {label: self.results[label].tasks for label in ("status", "noop", "converge") if label in self.results},
+                        "tasks": {label: self.results[label].tasks for label in ("status", "noop", "converge", "change", "baseline-status",
+                                                                                "baseline-noop") if label in self.results},
+                        "transfers": transfers, "converged_before_change": self.results["converged"],
                         "memory": mem, "light_timings": self.results["light_timings"]})
         with open(os.path.join(WORK, "scale.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=1, sort_keys=True)
         return "scale: " + " ".join("%s=%s" % (k, v) for k, v in fields)
 
     def teardown(self):
-        """Remove the light hosts and the booted fleet (idempotent)."""
+        """Stop this run's SSH masters, remove the light hosts and the booted fleet (idempotent)."""
+        stop_ssh_masters(CONTROL_DIR)
         if self.light is not None:
             self.light.destroy()
         if self.boot is not None:
             self.boot.destroy()
+
+
+def stop_ssh_masters(directory, progress=None):
+    """Stop the ControlPersist masters whose sockets are in ``directory`` (this harness's own ansible runs) and empty it.
+
+    A master's command line is ``ssh: <socket> [mux]``; it is stopped by its pid (SIGTERM).
+    """
+    try:
+        sockets = set(os.path.join(directory, name) for name in os.listdir(directory))
+    except FileNotFoundError:
+        sockets = set()
+    stopped = 0
+    if sockets:
+        for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                    words = handle.read().decode("utf-8", "replace").split("\0")
+            except OSError:
+                continue
+            if words and words[0].startswith("ssh: ") and words[0][5:].split(" ")[0] in sockets:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                    stopped += 1
+                except ProcessLookupError:
+                    pass
+        for path in sockets:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if progress and stopped:
+        progress("stopped %d SSH master(s) of an earlier run" % stopped)
+    return stopped
 
 
 def _read_tasks(path):
@@ -303,6 +382,8 @@ def main(argv=None):
     parser.add_argument("--playbooks", default=os.path.join(REPO_ROOT, "playbooks"), help="directory of the playbooks run")
     parser.add_argument("--ping-only", action="store_true", help="light hosts, memory and ping only (no repository, no rollout)")
     parser.add_argument("--idle", type=int, default=20, help="seconds over which idle engine CPU is measured")
+    parser.add_argument("--baseline", help="another playbook directory whose status.yml and rollout.yml are measured too (before/after)")
+    parser.add_argument("--no-change", action="store_true", help="skip the one-change rollout")
     args = parser.parse_args(argv)
     if args.hosts < 1 or args.hosts > 3000:
         parser.error("--hosts: 1 to 3000")
