@@ -309,9 +309,9 @@ class Scale:
             ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
         ]
         summary = dict(fields)
+        timed = ("status", "noop", "converge", "change", "baseline-status", "baseline-noop")
         summary.update({"cpu_s": {label: round(self.results[label].cpu, 1) for label in self.results if isinstance(self.results[label], Run)},
-                        "tasks": {label: self.results[label].tasks for label in ("status", "noop", "converge", "change", "baseline-status",
-                                                                                "baseline-noop") if label in self.results},
+                        "tasks": {label: self.results[label].tasks for label in timed if label in self.results},
                         "transfers": transfers, "converged_before_change": self.results["converged"],
                         "memory": mem, "light_timings": self.results["light_timings"]})
         with open(os.path.join(WORK, "scale.json"), "w", encoding="utf-8") as handle:
