@@ -34,6 +34,8 @@ HOSTS_PER_SECOND = 10.0
 # Never longer than this without a line for the operator, even with a longer interval.
 HEARTBEAT = 30.0
 SLOWEST = 5
+# An engine that does not answer for this long (dead, not restarted) fails its host; a restart takes seconds.
+ENGINE_GRACE = 120.0
 DONE_STATES = ("seeding", "finished")
 
 
@@ -61,7 +63,8 @@ def judge_host(start, read):
     """One host's downloads from its start result and its last read (image_info's result, or None before the first read).
 
     Returns {state: done | failed | pending, done, size, rate, reason}: ``done``/``size`` bytes over its downloads,
-    ``rate`` bytes/s (the engine's download rates), ``reason`` why it failed (or why it is pending without progress).
+    ``rate`` bytes/s (the engine's download rates), ``reason`` why it failed (or why it is pending without progress); ``engine_down`` is set when the engine did
+    not answer.
     """
     watched = _watched(start)
     size = sum(item["size"] for item in watched)
@@ -75,7 +78,7 @@ def judge_host(start, read):
         return {"state": "failed", "done": 0, "size": size, "rate": 0, "reason": _reason(read, "reading its downloads failed")}
     if read.get("engine_error"):
         done = sum(min(item["total_done"], item["size"]) for item in watched)
-        return {"state": "pending", "done": done, "size": size, "rate": 0, "reason": "engine: %s" % read["engine_error"]}
+        return {"state": "pending", "done": done, "size": size, "rate": 0, "reason": "engine: %s" % read["engine_error"], "engine_down": True}
     torrents = dict((t.get("key"), t) for t in read.get("torrents") or [] if isinstance(t, dict))
     done = rate = 0
     pending = False
@@ -101,13 +104,15 @@ def judge(hosts, active, starts, reads, previous, now, timeout):
     ``hosts``: every host of the play; ``active``: those neither failed nor unreachable; ``starts``/``reads``: host ->
     start result / last read (a host missing from ``reads`` was not read this round); ``previous``: the last round's
     result ({} before the first). A host once done or failed stays so; a host no longer active is failed (with the
-    reason its last result gives); past ``timeout`` seconds from the first round every pending host is failed.
+    reason its last result gives); a host whose engine has not answered for ENGINE_GRACE seconds is failed; past
+    ``timeout`` seconds from the first round every pending host is failed.
     """
     previous = previous or {}
     started_at = float(previous["started_at"]) if previous.get("started_at") is not None else float(now)
     deadline = started_at + float(timeout)
     done = list(previous.get("done") or [])
     failed = dict(previous.get("failed_hosts") or {})
+    engine_down = dict(previous.get("engine_down_since") or {})
     active = set(active)
     pending, progress = [], {}
     bytes_done = int(previous.get("bytes_done_settled") or 0)
@@ -129,6 +134,13 @@ def judge(hosts, active, starts, reads, previous, now, timeout):
             failed[host] = _reason(start, "no download step result")
             continue
         verdict = judge_host(start, read)
+        if verdict.pop("engine_down", False):
+            since = engine_down.setdefault(host, now)
+            if now - since >= ENGINE_GRACE:
+                verdict["state"] = "failed"
+                verdict["reason"] = "its engine has not answered for %.0f s: %s" % (now - since, verdict["reason"])
+        elif read is not None:
+            engine_down.pop(host, None)
         if verdict["state"] == "pending" and now >= deadline:
             verdict["state"] = "failed"
             verdict["reason"] = "downloads not complete within %d s (%s)" % (timeout, _fraction(verdict["done"], verdict["size"]))
@@ -154,6 +166,7 @@ def judge(hosts, active, starts, reads, previous, now, timeout):
         "bytes_done": got, "bytes_total": total, "bytes_done_settled": settled_done, "bytes_total_settled": settled_total,
         "slowest": [dict(progress[h], host=h) for h in slowest],
         "eta": round(max(etas), 1) if etas and None not in etas else None,
+        "engine_down_since": dict((host, since) for host, since in engine_down.items() if host in pending),
     }
 
 

@@ -101,6 +101,20 @@ def test_unreachable_host_fails_others_converge():
     assert state["done"] == ["hv2"] and state["finished"]
 
 
+def test_engine_not_answering_fails_host_after_grace():
+    """An engine that does not answer (restarting) is not a failure at once; after two minutes it is."""
+    first = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {}, {}, now=0.0, timeout=3600)
+    down = read(engine_error="engine /run/vmic-engine/engine.sock: connection refused")
+    state = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {"hv1": down}, first, now=10.0, timeout=3600)
+    state = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {"hv1": down}, state, now=100.0, timeout=3600)
+    assert state["pending"] == ["hv1"]
+    back = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {"hv1": read((KEY_A, MIB, "downloading", MIB))}, state, now=120.0, timeout=3600)
+    assert back["pending"] == ["hv1"] and back["engine_down_since"] == {}
+    again = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {"hv1": down}, back, now=130.0, timeout=3600)
+    gone = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {"hv1": down}, again, now=250.0, timeout=3600)
+    assert "has not answered for 120 s" in gone["failed_hosts"]["hv1"] and gone["finished"]
+
+
 def test_engine_not_answering_stays_pending_until_deadline():
     """An engine that cannot be asked (restarting) is not a failure yet; at the deadline it is."""
     first = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {}, {}, now=0.0, timeout=60)
