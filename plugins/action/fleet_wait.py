@@ -162,7 +162,7 @@ def judge(hosts, active, starts, reads, previous, now, timeout):
     etas = [(p["size"] - p["done"]) / float(p["rate"]) if p["rate"] > 0 else None for p in progress.values()]
     return {
         "round": int(previous.get("round", -1)) + 1, "started_at": started_at, "deadline": deadline, "elapsed": round(now - started_at, 1),
-        "hosts": len(hosts), "done": done, "failed_hosts": failed, "pending": pending, "finished": not pending,
+        "hosts": len(hosts), "all_hosts": list(hosts), "done": done, "failed_hosts": failed, "pending": pending, "finished": not pending,
         "bytes_done": got, "bytes_total": total, "bytes_done_settled": settled_done, "bytes_total_settled": settled_total,
         "slowest": [dict(progress[h], host=h) for h in slowest],
         "eta": round(max(etas), 1) if etas and None not in etas else None,
@@ -223,7 +223,7 @@ class ActionModule(ActionBase):
             timeout = check_type_float(args.get("timeout", 3600))
             start_var = check_type_str(args.get("start_var", "vmic_download"))
             read_var = check_type_str(args.get("read_var", "vmic_download_read"))
-            hosts = check_type_list(args.get("hosts") or task_vars.get("ansible_play_hosts_all") or [])
+            hosts = check_type_list(args.get("hosts") or previous.get("all_hosts") or task_vars.get("ansible_play_hosts_all") or [])
             interval = args.get("interval")
             interval = default_interval(len(hosts)) if interval in (None, "", 0, "0") else check_type_float(interval)
             do_sleep = check_type_bool(args.get("sleep", True))

@@ -42,7 +42,9 @@ options:
     type: float
     default: 0
   hosts:
-    description: The hosts to judge (default - C(ansible_play_hosts_all); a host not in C(ansible_play_hosts) is failed or unreachable).
+    description:
+      - The hosts to judge (default - those of O(previous), else C(ansible_play_hosts_all)). A host not in C(ansible_play_hosts) that is
+        not done yet is failed or unreachable; a later round may run in a play of the pending hosts only.
     type: list
     elements: str
   start_var:
@@ -99,6 +101,11 @@ pending:
   elements: str
 done:
   description: Hosts whose engine holds every byte of their downloads (or that had nothing to download).
+  returned: always
+  type: list
+  elements: str
+all_hosts:
+  description: The hosts judged (the next round judges the same ones).
   returned: always
   type: list
   elements: str
