@@ -16,7 +16,6 @@ the engine role that validates a configuration before it writes it.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import sys
@@ -27,15 +26,30 @@ from ansible_collections.vmic.fleet.plugins.module_utils.errors import VmicError
 
 __all__ = ["load_config", "main"]
 
+USAGE = "usage: vmic-engine --config FILE (the JSON configuration of the vmic.fleet libtorrent engine service)"
+
+
+def config_path(argv):
+    """The FILE of ``--config FILE`` (or ``--config=FILE``), the only argument; None for anything else.
+
+    Not argparse: the service runs on every hypervisor, and argparse would stay in its memory (about 0.4 MiB).
+    """
+    if len(argv) == 2 and argv[0] == "--config" and argv[1]:
+        return argv[1]
+    if len(argv) == 1 and argv[0].startswith("--config=") and len(argv[0]) > len("--config="):
+        return argv[0][len("--config="):]
+    return None
+
 
 def main(argv=None):
-    """Run the engine service until SIGTERM or SIGINT; return the exit status."""
-    parser = argparse.ArgumentParser(prog="vmic-engine", description="vmic.fleet libtorrent engine service")
-    parser.add_argument("--config", required=True, help="JSON configuration file")
-    args = parser.parse_args(argv)
+    """Run the engine service until SIGTERM or SIGINT; return the exit status (2: bad arguments)."""
+    path = config_path(sys.argv[1:] if argv is None else list(argv))
+    if path is None:
+        sys.stderr.write(USAGE + "\n")
+        return 2
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(args.config)
+        config = load_config(path)
         logging.getLogger().setLevel(config["log_level"].upper())
         service = EngineService(config)
         signal.signal(signal.SIGTERM, service.stop)

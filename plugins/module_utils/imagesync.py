@@ -23,7 +23,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.engine import Libtorren
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, MissingDependencyError, StoreError, TorrentError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
 from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_ENVELOPE_BYTES, MAX_TORRENT_BYTES
-from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import BTIH_V1, BTIH_V2, TORRENT_SHA256, TORRENT_URI, Image, ImageListError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import BTIH_V1, BTIH_V2, TORRENT_SHA256, TORRENT_URI, ImageListError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import check_file, secure_file
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import ListVerdict, verify_image_list
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import HostProfile, evaluate, identity
@@ -49,8 +49,6 @@ class PlannedImage(object):
     """One image this host should hold: an :class:`imagelist.Image` of a verified list of ``endorser``."""
 
     def __init__(self, image, list_identifier, endorser=None):
-        if isinstance(image, dict):
-            image = Image(image)
         self.image = image
         self.identifier = image.identifier
         self.version = image.version

@@ -20,6 +20,7 @@ from testfleet.waiting import free_port, wait_for
 
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError
+from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import Image
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import PlannedImage, SyncPlan
 from ansible_collections.vmic.fleet.plugins.module_utils.rtorrent_engine import RtorrentEngineClient
 
@@ -175,10 +176,11 @@ class RtorrentProcess(object):
 def planned(image, torrent_url, identifier, version, list_identifier="3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b9a"):
     """The PlannedImage of ``image`` (the conftest's image dict) as endorser "good"'s list gives it."""
     meta = image["meta"]
-    return PlannedImage({"dc:identifier": identifier, "hv:version": version, "dc:title": "Cirros", "hv:size": meta.size,
-                         "sl:checksum:sha512": image["sha512"], "hv:uri": "https://repo.example/" + meta.name,
-                         "vmic:torrent": torrent_url, "vmic:torrent_sha256": meta.sha256, "vmic:btih_v1": meta.info_hash_v1,
-                         "vmic:btih_v2": meta.info_hash_v2}, list_identifier, "good")
+    image = Image({"dc:identifier": identifier, "hv:version": version, "dc:title": "Cirros", "hv:size": meta.size,
+                   "sl:checksum:sha512": image["sha512"], "hv:uri": "https://repo.example/" + meta.name,
+                   "vmic:torrent": torrent_url, "vmic:torrent_sha256": meta.sha256, "vmic:btih_v1": meta.info_hash_v1,
+                   "vmic:btih_v2": meta.info_hash_v2})
+    return PlannedImage(image, list_identifier, "good")
 
 
 def sync_plan(add=(), retire=()):

@@ -14,6 +14,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import threading
 import time
 from http.client import HTTPConnection
@@ -404,7 +405,57 @@ def test_download_withdrawn_before_activation_discarded_and_not_seeded(engines, 
     assert sha512(image["path"]) == image["sha512"]
 
 
+def test_idle_engine_wakes_for_requests_alerts_and_signals(engines, image, tmp_path):
+    """An engine with nothing to do sleeps until a client, libtorrent or a signal wakes it.
+
+    Both engines are idle (periodic work every 30 s) when the download is asked for; the move and the removal
+    return only on libtorrent's alerts, and a request gives up after 25 s: they finish because the alert wakes
+    the engine, not its next periodic work.  SIGTERM stops it at once (EngineProcess waits 20 s).
+    """
+    meta = image["meta"]
+    seed = engines("seed", "127.0.0.28", log_level="DEBUG").start()
+    seed.client.add(meta.data, image["dir"], seed_mode=True)
+    node = engines("node", "127.0.0.29", log_level="DEBUG").start()
+    wait_for("both engines idle", lambda: "engine idle" in seed.log() and "engine idle" in node.log())
+    incoming, store = tmp_path / "incoming", tmp_path / "store"
+    incoming.mkdir()
+    store.mkdir()
+    key = node.client.add(meta.data, str(incoming))
+    wait_for("the download", lambda: node.status(key)["state"] == "seeding")
+    assert sha512(str(incoming / meta.name)) == image["sha512"]
+    assert node.status(key)["bytes_from_peers"] >= SIZE
+    wait_for("the node idle again", lambda: node.log().count("engine idle") >= 2)
+    node.client.move(key, str(store))
+    assert node.status(key)["save_dir"] == str(store) and sha512(str(store / meta.name)) == image["sha512"]
+    node.client.remove(key)
+    assert node.client.status() == []
+    node.kill(signal.SIGTERM)
+    assert node.proc.returncode == 0 and "engine stopped" in node.log()
+
+
 DEBIAN_LIBTORRENT = libtorrent_of(DEBIAN_PYTHON)
+ALERT_PIPE_CHECK = """
+import os, select, libtorrent as lt
+read_end, write_end = os.pipe()
+os.set_blocking(write_end, False)
+session = lt.session({"listen_interfaces": "127.0.0.30:0", "enable_dht": False})
+session.set_alert_fd(write_end)
+session.pop_alerts()
+session.post_session_stats()
+print(lt.__version__, bool(select.select([read_end], [], [], 20)[0]), len(session.pop_alerts()) > 0)
+"""
+
+
+@pytest.mark.parametrize("python", [sys.executable, DEBIAN_PYTHON])
+def test_libtorrent_wakes_the_engine_through_its_alert_pipe(python):
+    """The engine sleeps on the pipe that libtorrent writes to when an alert is posted (set_alert_fd), on both libtorrents."""
+    if libtorrent_of(python) is None:
+        pytest.skip("no libtorrent for %s" % python)
+    result = subprocess.run([python, "-c", ALERT_PIPE_CHECK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().split()[1:] == ["True", "True"], result.stdout
+
+
 
 
 @pytest.mark.skipif(DEBIAN_LIBTORRENT is None, reason="no libtorrent for %s (Debian: apt-get install python3-libtorrent)" % DEBIAN_PYTHON)

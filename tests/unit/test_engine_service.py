@@ -57,11 +57,25 @@ def test_config_is_validated(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert engine_service.main(["--config", str(bad)]) == 1
+    assert engine_service.main(["--config=%s" % bad]) == 1
+
+
+@pytest.mark.parametrize("argv", [[], ["--config"], ["--config", ""], ["--config="], ["-c", "x"], ["--config", "a", "b"], ["x.json"]])
+def test_bad_command_line_refused_with_usage(argv, capsys):
+    assert engine_service.main(argv) == 2
+    assert capsys.readouterr().err.startswith("usage: vmic-engine --config FILE")
+
+
+def test_config_file_errors_named(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
     with pytest.raises(EngineError, match="not valid JSON"):
         engine_service.load_config(str(bad))
+    bad.write_text("{}" + " " * 65536)
     with pytest.raises(LimitError, match="larger than the limit of 65536 bytes"):
-        bad.write_text("{}" + " " * 65536)
         engine_service.load_config(str(bad))
+    with pytest.raises(EngineError, match="engine config .*missing.json: No such file or directory"):
+        engine_service.load_config(str(tmp_path / "missing.json"))
 
 
 # --------------------------------------------------------------------------- byte accounting

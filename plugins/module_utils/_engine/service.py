@@ -3,9 +3,17 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The engine service: one libtorrent session, its torrents, the alerts it handles and the requests it answers.
 
-One thread (``run``) reads libtorrent's alerts and does the periodic work; the socket's threads
-answer requests (``handle_request``) and wait for the alerts that finish a move or a removal.
-The files it keeps are those of ``statedir``; the byte counters follow ``accounting``.
+One thread (``run``) accepts connections, reads libtorrent's alerts and does the periodic work; a
+thread per connection answers its requests (``handle_request``) and waits for the alerts that finish
+a move or a removal.  The files it keeps are those of ``statedir``; the byte counters follow
+``accounting``.
+
+An idle engine costs next to nothing: ``run`` sleeps in ``select`` until libtorrent has an alert
+(libtorrent writes a byte to a pipe, ``session.set_alert_fd``: no Python runs in libtorrent's thread
+and nothing blocks inside libtorrent, unlike ``wait_for_alert``, which crashed Debian's 2.0.8 while a
+request thread added a torrent), a client connects, a request has been answered or it is time for the
+periodic work: every second while a torrent downloads, is checked, moves or transfers, every
+``IDLE_TICK_SECONDS`` while nothing does.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import base64
 import binascii
 import logging
 import os
+import select
 import threading
 import time
 
@@ -32,8 +41,8 @@ from ansible_collections.vmic.fleet.plugins.module_utils.torrent import parse_to
 LOG = logging.getLogger("vmic.engine")
 
 WAIT_SECONDS = 25           # longest a request waits for libtorrent to finish a move, removal or resume save
-TICK_SECONDS = 1.0          # byte accounting, completion, peer rotation and resume saves
-ALERT_POLL_SECONDS = 0.1
+TICK_SECONDS = 1.0          # byte accounting, completion, peer rotation and resume saves, while anything transfers
+IDLE_TICK_SECONDS = 30.0    # the same while nothing does (alerts, connections and requests wake the engine at once)
 SHUTDOWN_SECONDS = 10       # longest SIGTERM waits for the resume data of every torrent
 MAX_BASE64_TORRENT = (MAX_TORRENT_BYTES + 2) // 3 * 4
 
@@ -57,6 +66,8 @@ class TorrentRecord(object):
         self.attributed = 0          # payload bytes of this session credited to a category
         self.disconnected = []       # categories of the connections closed since the last sample
         self.pieces_since_save = 0
+        self.saved_totals = None     # (all_time_upload, all_time_download) at the last save asked with a status
+        self.tick_payload = None     # (total_payload_download, total_payload_upload) at the last periodic work
         self.resume_pending = 0      # save_resume_data requests without an answer yet
         self.state_written = None
         self.last_rotate = time.time()
@@ -94,6 +105,9 @@ class EngineService(object):
         self.waiters = {}
         self.stopping = threading.Event()
         self.last_resume = time.time()
+        self.idle = False
+        # libtorrent writes to alert_pipe when its alert queue stops being empty; requests and stop() write to wake_pipe
+        self.alert_pipe = self.wake_pipe = None
         lt = self.lt
         # alert type -> handler; the alerts of torrents the engine no longer holds are dropped
         self.session_alerts = {
@@ -135,11 +149,13 @@ class EngineService(object):
         """Create the session, re-add the torrents of state_dir and open the socket."""
         lt = self.lt
         self.state.create()
+        self.alert_pipe, self.wake_pipe = _pipe(), _pipe()
         self.session = lt.session(session_settings(lt, self.config))
+        self.session.set_alert_fd(self.alert_pipe[1])
         apply_peer_classes(lt, self.session)
         self._load_state_dir()
         self.server = open_server(self.config["socket"], self.handle_request, self._log_crash)
-        threading.Thread(target=self.server.serve_forever, name="engine-socket", daemon=True).start()
+        self.server.timeout = 0     # run() calls handle_request() when select says a connection waits
         LOG.info("engine started: libtorrent %s, %d torrents, socket %s", lt.__version__, len(self.torrents), self.config["socket"])
 
     def _load_state_dir(self):
@@ -204,29 +220,52 @@ class EngineService(object):
             return [r for r in self.torrents.values() if r is not None]
 
     def run(self):
-        """Handle alerts and periodic work until stop() is called; then shut down."""
-        next_tick = time.time()
+        """Handle connections, alerts and periodic work until stop() is called; then shut down."""
+        next_tick = time.monotonic()
+        waits = [self.server, self.alert_pipe[0], self.wake_pipe[0]]
         try:
             while not self.stopping.is_set():
-                # Poll instead of session.wait_for_alert(): with Debian's libtorrent 2.0.8 bindings,
-                # wait_for_alert in this thread while a request thread adds a torrent crashed the
-                # process (SIGSEGV); pop_alerts from this one thread is safe.
-                self.stopping.wait(ALERT_POLL_SECONDS)
+                readable = select.select(waits, [], [], max(0.0, next_tick - time.monotonic()))[0]
+                if self.server in readable:
+                    self.server.handle_request()        # accepts; a thread answers the connection
+                _drain(self.alert_pipe[0])
+                _drain(self.wake_pipe[0])
+                # libtorrent empties its queue only when asked: pop before deciding, or the pipe stays quiet
                 self._handle_alerts()
-                if time.time() >= next_tick:
-                    next_tick = time.time() + TICK_SECONDS
-                    self._tick()
+                now = time.monotonic()
+                if readable:
+                    next_tick = min(next_tick, now + TICK_SECONDS)
+                if now >= next_tick:
+                    self._set_busy(self._tick())
+                    next_tick = now + (IDLE_TICK_SECONDS if self.idle else TICK_SECONDS)
         finally:
             self.shutdown()
+
+    def _set_busy(self, reason):
+        """Record what the last periodic work found: ``reason`` why the engine is busy, or None (idle)."""
+        if (reason is None) != self.idle:
+            if reason is None:
+                LOG.debug("engine idle: periodic work every %d s", IDLE_TICK_SECONDS)
+            else:
+                LOG.debug("engine busy (%s): periodic work every second", reason)
+        self.idle = reason is None
+
+    def _wake_run(self):
+        """Make run() look at the engine now (a request changed something, or stop() was called)."""
+        if self.wake_pipe is not None:
+            try:
+                os.write(self.wake_pipe[1], b"\0")
+            except (BlockingIOError, OSError):
+                pass        # a full pipe wakes run() already; a closed one belongs to a stopped engine
 
     def stop(self, *_args):
         """Ask run() to return (signal handler)."""
         self.stopping.set()
+        self._wake_run()
 
     def shutdown(self):
         """Close the socket, save the resume data of every torrent, drop the session."""
         if self.server is not None:
-            self.server.shutdown()
             self.server.server_close()
             try:
                 os.unlink(self.config["socket"])
@@ -240,34 +279,51 @@ class EngineService(object):
         for record in records:
             self._sample(record)
             self._save_resume(record, force=True)
-        deadline = time.time() + SHUTDOWN_SECONDS
-        while time.time() < deadline and any(r.resume_pending > 0 for r in records):
-            time.sleep(ALERT_POLL_SECONDS)
+        deadline = time.monotonic() + SHUTDOWN_SECONDS
+        while any(r.resume_pending > 0 for r in records) and time.monotonic() < deadline:
+            select.select([self.alert_pipe[0]], [], [], max(0.0, deadline - time.monotonic()))
+            _drain(self.alert_pipe[0])
             self._handle_alerts()
         for record in records:
             try:
                 self._write_state(record)
             except OSError as exc:
                 LOG.error("torrent %s: state not saved: %s", record.key, exc)
+        # libtorrent writes to the alert pipe until the session is gone: close the pipes after it
         self.session = None
+        for pipe in (self.alert_pipe, self.wake_pipe):
+            for fd in pipe:
+                os.close(fd)
+        self.alert_pipe = self.wake_pipe = None
         LOG.info("engine stopped")
 
     # ---- resume data and periodic work
 
-    def _save_resume(self, record, force=False):
-        """Ask libtorrent for resume data (written by the alert handler); ``force`` even if unchanged or pending."""
+    def _save_resume(self, record, force=False, status=None):
+        """Ask libtorrent for resume data (written by the alert handler); ``force`` even if unchanged or pending.
+
+        Without ``force``: only after verified pieces, or after payload moved (``status``: the torrent's status now)
+        and libtorrent says the resume data changed.  libtorrent also says so every second for a torrent whose
+        active and seeding times grow; those alone are not worth a write, so an idle seed writes nothing.
+        """
         with self.lock:
             if not record.handle.is_valid() or record.resume_pending and not force:
                 return
-            if not force and not record.pieces_since_save and not record.handle.need_save_resume_data():
+            totals = (status.all_time_upload, status.all_time_download) if status is not None else None
+            if not force and not record.pieces_since_save \
+                    and (totals is None or totals == record.saved_totals or not record.handle.need_save_resume_data()):
                 return
             record.resume_pending += 1
             record.pieces_since_save = 0
+            if totals is not None:
+                record.saved_totals = totals
         record.handle.save_resume_data(self.lt.save_resume_flags_t.flush_disk_cache)
 
     def _tick(self):
+        """The periodic work; return why the engine is busy (a torrent that is not seeding without traffic), or None."""
         now = time.time()
         save_all = now - self.last_resume >= self.config["resume_interval"]
+        busy = None
         for record in self._records():
             if not record.handle.is_valid():
                 continue
@@ -280,13 +336,38 @@ class EngineService(object):
                 self._save_resume(record, force=True)
             self._rotate(record, status, now)
             if save_all:
-                self._save_resume(record)
+                self._save_resume(record, status=status)
                 try:
                     self._write_state(record)
                 except OSError as exc:
                     LOG.error("torrent %s: state not saved: %s", record.key, exc)
+            busy = busy or self._busy(record, status)
         if save_all:
             self.last_resume = now
+        return busy
+
+    @staticmethod
+    def _busy(record, status):
+        """Why the torrent keeps the engine busy, or None when it is complete and nothing moves.
+
+        Payload counts as moving when the torrent's totals changed since the previous periodic work
+        (libtorrent's rates decay over a minute after the last byte, so they cannot say it stopped).
+        """
+        payload = (status.total_payload_download, status.total_payload_upload)
+        moved, record.tick_payload = payload != record.tick_payload, payload
+        if not (status.is_seeding or status.is_finished):
+            reason = "not complete"
+        elif moved:
+            reason = "payload moving"
+        elif record.moving_to:
+            reason = "moving to %s" % record.moving_to
+        elif record.resume_pending > 0:
+            reason = "saving resume data"
+        elif record.rotating:
+            reason = "rotating a peer"
+        else:
+            return None
+        return "torrent %s: %s" % (record.key, reason)
 
     def _sample(self, record):
         """Credit the payload received since the last sample to peers, seeds and web seeds (``accounting``)."""
@@ -467,6 +548,8 @@ class EngineService(object):
             return self.ops[request_op(request)](request)
         except (VmicError, OSError, RuntimeError) as exc:
             return {"ok": False, "error": str(exc)}
+        finally:
+            self._wake_run()
 
     @staticmethod
     def _log_crash(request, _exc):
@@ -640,3 +723,20 @@ class EngineService(object):
             raise EngineError("remove: torrent %s: removed, but its data was not deleted: %s" % (key, failure))
         LOG.info("torrent %s (%s): removed%s", key, record.meta.name, " with its data" if delete_files else "")
         return {"ok": True}
+
+
+def _pipe():
+    """A pipe whose ends never block (libtorrent's thread must not wait on a full pipe; run() must not wait on an empty one)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    return read_end, write_end
+
+
+def _drain(fd):
+    """Read everything written to the pipe ``fd`` so far."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
