@@ -9,38 +9,29 @@ this collection that never touch BitTorrent load on hosts without the library.
 
 from __future__ import annotations
 
-import re
+import traceback
 
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError
+from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import MissingLibraryError, library_version
 
 MIN_VERSION = (2, 0)
-INSTALL_HINT = "install the libtorrent-rasterbar Python bindings >= 2.0 (Debian: python3-libtorrent; PyPI: libtorrent)"
+LIBRARY = "libtorrent >= 2.0"
+REASON = "for BitTorrent torrents and the engine"
+INSTALL_HINT = "the libtorrent-rasterbar Python bindings; Debian: python3-libtorrent; PyPI: libtorrent"
 
 _MODULE = []
 
 
-def libtorrent_version(module):
-    """The (major, minor) version of a loaded libtorrent module, or None if it cannot be read."""
-    text = getattr(module, "__version__", None) or getattr(module, "version", None) or ""
-    match = re.match(r"^(\d+)\.(\d+)", str(text))
-    if not match:
-        return None
-    return int(match.group(1)), int(match.group(2))
-
-
 def import_libtorrent():
-    """Return the libtorrent module or raise MissingDependencyError naming what to install."""
+    """Return the libtorrent module or raise MissingLibraryError naming what to install."""
     if _MODULE:
         return _MODULE[0]
     try:
         import libtorrent  # pylint: disable=import-outside-toplevel
     except ImportError as exc:
-        raise MissingDependencyError("Python module libtorrent cannot be imported (%s): %s" % (exc, INSTALL_HINT))
-    version = libtorrent_version(libtorrent)
+        raise MissingLibraryError(LIBRARY, REASON, INSTALL_HINT, "it cannot be imported (%s)" % exc, traceback.format_exc())
+    version = library_version(libtorrent)
     if version is None or version < MIN_VERSION:
-        raise MissingDependencyError(
-            "Python module libtorrent %s is too old or has no version: %s"
-            % (getattr(libtorrent, "__version__", "unknown"), INSTALL_HINT)
-        )
+        raise MissingLibraryError(LIBRARY, REASON, INSTALL_HINT,
+                                  "version %s is too old or unreadable" % getattr(libtorrent, "__version__", "unknown"))
     _MODULE.append(libtorrent)
     return libtorrent

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import shutil
-import tempfile
 
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import LimitError, TorrentError
 from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import HEX40_RE, HEX64_RE, MAX_TORRENT_BYTES
@@ -360,6 +358,10 @@ def make_torrent(path, name=None, piece_size=DEFAULT_PIECE_SIZE, web_seeds=(), t
     if comment:
         creator.set_comment(comment)
     creator.set_creator("vmic.fleet")
+    # Imported here: the engine service imports this module but never makes torrents, and these two
+    # modules (and what they import) would cost every engine about a MiB.
+    import shutil  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
     # set_piece_hashes reads <dir>/<name>: give it a directory where the name points at the file.
     workdir = tempfile.mkdtemp(prefix=".vmic-torrent-")
     try:

@@ -11,7 +11,6 @@ import pytest
 from testfleet import netns
 from testfleet.httpd import __file__ as HTTPD_FILE
 from testfleet.netns import Fleet, FleetError
-from testfleet.tracker import Tracker
 
 PROBE_HTTP = r"""
 import json, sys, urllib.request
@@ -100,11 +99,11 @@ def test_web_seed_answers_ranges_and_counts_bytes(tmp_path):
     assert counters["range_requests"] == 4
 
 
-def test_closed_tracker_refuses_unlisted_hashes_and_reloads_on_sighup(tmp_path):
+def test_closed_tracker_refuses_unlisted_hashes_and_reloads_on_sighup(opentracker):
     v1 = "ab" * 20
     v2 = "cd" * 32
     with Fleet(1) as fleet:
-        tracker = Tracker(fleet[0], str(tmp_path / "tracker")).start([v1])
+        tracker = opentracker([v1], host=fleet[0])
         assert tracker.is_tracked(v1)
         refused = tracker.probe("ef" * 20)
         assert not refused["ok"] and "not authorized" in refused["failure"]

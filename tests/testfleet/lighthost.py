@@ -49,7 +49,7 @@ if _TESTS_DIR not in sys.path:
 from testfleet import netns  # noqa: E402  pylint: disable=wrong-import-position
 from testfleet.netns import Fleet, FleetError, delete_namespace, list_namespaces, require_root  # noqa: E402  pylint: disable=wrong-import-position
 from testfleet.nspawn import (  # noqa: E402  pylint: disable=wrong-import-position
-    _CGEXEC, DATA_ROOT, NSPAWN, ensure_base_root, generate_ed25519, host_cgroups, owner_alive, pid_alive,
+    DATA_ROOT, NSPAWN, FleetArtefacts, ensure_base_root, generate_ed25519, owner_alive, pid_alive, start_nspawn, tail_file,
     pid_cmdline, read_json, remove_cgroups, remove_tree, ssh_banner, write_text_atomic, _start_time,
 )
 
@@ -255,7 +255,7 @@ class _Network(Fleet):
 
 # -- the fleet -------------------------------------------------------------------------------------------
 
-class LightFleet:
+class LightFleet(FleetArtefacts):
     """``hosts`` light hosts (names) with the engine of ``layout``; a context manager.
 
     ``attach``: the state dict of a booted test fleet (``fleetctl show``) whose bridge, subnet and
@@ -264,6 +264,8 @@ class LightFleet:
     ``dirs``: directories made on every host (0755); ``hosts_text``: lines for every host's /etc/hosts
     (the names it must resolve: repository, tracker). ``batch``: hosts started at once.
     """
+
+    what = "light fleet"
 
     def __init__(self, name, hosts, layout, engine_src, attach=None, subnet="198.19.0.0/20", files=None, dirs=(),
                  hosts_text="", batch=25, state_root=STATE_ROOT, data_root=DATA_ROOT, progress=_say, ready_timeout=180.0):
@@ -274,7 +276,7 @@ class LightFleet:
                 raise FleetError("light fleet %s: bad host name %r" % (name, host))
         if len(set(hosts)) != len(hosts):
             raise FleetError("light fleet %s: a host name is given twice" % name)
-        self.name = name
+        super().__init__(name, os.path.join(state_root, name), os.path.join(data_root, "light-" + name), progress)
         self.host_names = list(hosts)
         self.layout = layout
         self.engine_src = engine_src
@@ -284,57 +286,16 @@ class LightFleet:
         self.dirs = list(dirs)
         self.hosts_text = hosts_text
         self.batch = max(1, int(batch))
-        self.state_dir = os.path.join(state_root, name)
-        self.data_dir = os.path.join(data_root, "light-" + name)
-        self.progress = progress or (lambda message: None)
         self.ready_timeout = ready_timeout
         self.net = None
         self.ctl = None
         self.ctl_netns_path = None
         self.hosts = []
-        self.by_name = {}
-        self.timings = {}
         self.missing_engine_files = []
         self.sysctl = {}
-        self._destroyed = False
         self._created = False
 
-    # -- paths --------------------------------------------------------------------------------------
-
-    @property
-    def key_path(self):
-        """Client key (root login on every light host)."""
-        return os.path.join(self.state_dir, "id_ed25519")
-
-    @property
-    def ssh_config_path(self):
-        """``ssh -F`` file for the light hosts (direct connections: run ssh/ansible in the controller namespace)."""
-        return os.path.join(self.state_dir, "ssh_config")
-
-    @property
-    def known_hosts_path(self):
-        """The light hosts' (shared) host key, by name and address."""
-        return os.path.join(self.state_dir, "known_hosts")
-
-    @property
-    def inventory_path(self):
-        """Ansible inventory of the light hosts."""
-        return os.path.join(self.state_dir, "inventory.yml")
-
-    @property
-    def state_path(self):
-        """The fleet's state (JSON)."""
-        return os.path.join(self.state_dir, "state.json")
-
-    # -- life cycle ---------------------------------------------------------------------------------
-
-    def __enter__(self):
-        self.create()
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.destroy()
-        return False
+    # -- life cycle (paths of the artefacts and the context manager: nspawn.FleetArtefacts) ----------
 
     def create(self, groups=None):
         """Clean up a dead earlier run, make network and host directories, start every host in batches."""
@@ -458,13 +419,6 @@ class LightFleet:
 
     # -- access -------------------------------------------------------------------------------------
 
-    def host(self, name):
-        """The LightHost named ``name``."""
-        try:
-            return self.by_name[name]
-        except KeyError:
-            raise FleetError("light fleet %s: no host %r" % (self.name, name)) from None
-
     def ssh_argv(self, name, argv):
         """``ip netns exec <ctl> ssh -F <config> <host> -- <argv>``."""
         return ["ip", "netns", "exec", os.path.basename(self.ctl_netns_path), "ssh", "-F", self.ssh_config_path, name,
@@ -529,13 +483,7 @@ class LightFleet:
         q = json.dumps
         header = "# Ansible inventory of light fleet %s (tests/testfleet/lighthost.py); run ansible in namespace %s." % (
             self.name, os.path.basename(self.ctl_netns_path))
-        lines = [header,
-                 "all:", "  children:", "    lighthosts:", "      vars:",
-                 "        ansible_user: root",
-                 "        ansible_python_interpreter: /usr/bin/python3",
-                 "        ansible_ssh_private_key_file: %s" % q(self.key_path),
-                 "        ansible_ssh_common_args: %s" % q("-F %s" % self.ssh_config_path),
-                 "      hosts:"]
+        lines = [header, "all:", "  children:", "    lighthosts:", "      vars:"] + self.connection_vars("        ") + ["      hosts:"]
         for host in self.hosts:
             lines.append("        %s: {ansible_host: %s}" % (host.name, q(host.addr)))
         for group in sorted(groups):
@@ -613,14 +561,7 @@ class LightHost:
 
     def start(self, base, shared):
         """Start nspawn in cgroups of its own (as testfleet.nspawn does for booted hosts)."""
-        env = dict(os.environ, SYSTEMD_NSPAWN_LOCK="0", SYSTEMD_LOG_LEVEL="warning")
-        self.cgroups = host_cgroups(self.machine)
-        for path in self.cgroups:
-            os.makedirs(path, exist_ok=True)
-        wrapper = [sys.executable, "-I", "-S", "-c", _CGEXEC] + [os.path.join(p, "cgroup.procs") for p in self.cgroups] + ["--"]
-        with open(self.console_log, "ab") as log:
-            self.proc = subprocess.Popen(wrapper + self.argv(base, shared), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env=env, start_new_session=True, close_fds=True)
+        self.proc, self.cgroups = start_nspawn(self.machine, self.argv(base, shared), self.console_log)
         self.pid = self.proc.pid
 
     def running(self):
@@ -660,27 +601,16 @@ class LightHost:
 
     def console_tail(self, lines=15):
         """Last lines of the host's console (sshd's and the init script's output)."""
-        return _tail(self.console_log, lines)
+        return tail_file(self.console_log, lines)
 
     def engine_log_tail(self, lines=15):
         """Last lines of the engine's log (/var/log/vmic-engine.log in the host)."""
-        return _tail(self.path("/var/log/vmic-engine.log"), lines)
+        return tail_file(self.path("/var/log/vmic-engine.log"), lines)
 
     def state(self):
         """The host's entry in the fleet's state."""
         return {"name": self.name, "addr": self.addr, "ns": self.net.ns, "machine": self.machine, "nspawn_pid": self.pid,
                 "dir": self.dir, "cgroups": self.cgroups}
-
-
-def _tail(path, lines):
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 8192))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _smaps_rollup(pid):

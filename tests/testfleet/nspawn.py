@@ -540,6 +540,32 @@ def container_init_pid(nspawn_pid):
 
 # -- one container ----------------------------------------------------------------------------------
 
+def tail_file(path, lines):
+    """The last ``lines`` lines of a log file (of its last 8 KiB); "" when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 8192))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def start_nspawn(machine, argv, console_log):
+    """Start the nspawn command line ``argv`` of ``machine`` in the background, in cgroups of its own (moved there
+    before it runs, by _CGEXEC), its console appended to ``console_log``. Returns (Popen, cgroup directories)."""
+    env = dict(os.environ, SYSTEMD_NSPAWN_LOCK="0", SYSTEMD_LOG_LEVEL="warning")
+    cgroups = host_cgroups(machine)
+    for path in cgroups:
+        os.makedirs(path, exist_ok=True)
+    wrapper = [sys.executable, "-I", "-S", "-c", _CGEXEC] + [os.path.join(p, "cgroup.procs") for p in cgroups] + ["--"]
+    with open(console_log, "ab") as log:
+        proc = subprocess.Popen(wrapper + list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env=env, start_new_session=True, close_fds=True)
+    return proc, cgroups
+
+
 class Container:
     """One booted host: a systemd-nspawn process in a host namespace of the fleet."""
 
@@ -586,14 +612,7 @@ class Container:
 
     def start(self, base):
         """Start systemd-nspawn in the background, in cgroups of its own; the console goes to ``console_log``."""
-        env = dict(os.environ, SYSTEMD_NSPAWN_LOCK="0", SYSTEMD_LOG_LEVEL="warning")
-        self.cgroups = host_cgroups(self.machine)
-        for path in self.cgroups:
-            os.makedirs(path, exist_ok=True)
-        wrapper = [sys.executable, "-I", "-S", "-c", _CGEXEC] + [os.path.join(p, "cgroup.procs") for p in self.cgroups] + ["--"]
-        with open(self.console_log, "ab") as log:
-            self.proc = subprocess.Popen(wrapper + self.argv(base), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         env=env, start_new_session=True, close_fds=True)
+        self.proc, self.cgroups = start_nspawn(self.machine, self.argv(base), self.console_log)
         self.pid = self.proc.pid
         return self.proc
 
@@ -611,14 +630,7 @@ class Container:
 
     def console_tail(self, lines=15):
         """Last lines of the host's console log (for error messages)."""
-        try:
-            with open(self.console_log, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, handle.tell() - 8192))
-                text = handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail_file(self.console_log, lines)
 
     def stop(self, timeout=20.0):
         """Clean poweroff (SIGTERM to nspawn, which sends SIGRTMIN+3 to systemd), then SIGKILL."""
@@ -775,43 +787,33 @@ def cleanup_from_state(state, progress=None, stop_timeout=20.0):
         progress("fleet %s: removed" % state.get("name"))
 
 
-class NspawnFleet:
-    """A named fleet of booted Debian hosts; a context manager (``with NspawnFleet(...) as fleet``).
+class FleetArtefacts:
+    """The files a fleet writes in its ``state_dir`` for SSH and Ansible, its hosts by name, and its use as a
+    context manager (``create`` on enter, ``destroy`` on exit). Shared by the booted fleet and the light fleet."""
 
-    ``hosts`` is a list of names, ``groups`` maps an inventory group to member names. ``create()``
-    boots everything and returns when every host accepts SSH logins with the fleet's key;
-    ``destroy()`` removes everything (idempotent; also registered by the underlying netns Fleet).
-    """
+    what = "test fleet"
 
-    def __init__(self, name, hosts, groups=None, rate_mbit=None, subnet=None, cache_dir=CACHE_DIR,
-                 state_root=STATE_ROOT, data_root=DATA_ROOT, progress=_progress_stderr, boot_timeout=None,
-                 supervised=False):
-        if not FLEET_NAME_RE.match(name or ""):
-            raise FleetError("test fleet: bad fleet name %r (lower-case letters, digits, '-', '_')" % name)
+    def __init__(self, name, state_dir, data_dir, progress):
         self.name = name
-        self.host_names = list(hosts)
-        self.groups = dict((g, list(m)) for g, m in (groups or {}).items())
-        validate_names(self.host_names, self.groups)
-        self.rate_mbit = rate_mbit
-        self.wanted_subnet = subnet
-        self.cache_dir = cache_dir
-        self.state_root = state_root
-        self.state_dir = state_dir_of(name, state_root)
-        self.data_dir = os.path.join(data_root, name)
+        self.state_dir = state_dir
+        self.data_dir = data_dir
         self.progress = progress or (lambda message: None)
-        self.boot_timeout = boot_timeout or (60.0 + 3.0 * len(self.host_names))
-        self.supervised = supervised
-        self.base = None
-        self.netns = None
-        self.controller = None
-        self.containers = []
         self.by_name = {}
-        self.subnet = None
-        self.status = "new"
         self.timings = {}
         self._destroyed = False
 
-    # -- paths of the artefacts --------------------------------------------------------------------
+    def host(self, name):
+        """The host (a Container, a LightHost) named ``name``."""
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise FleetError("%s %s: no host %r" % (self.what, self.name, name)) from None
+
+    def connection_vars(self, indent):
+        """The inventory lines (at ``indent``) that make Ansible log in as root with the fleet's key and ssh config."""
+        return [indent + line for line in ("ansible_user: root", "ansible_python_interpreter: /usr/bin/python3",
+                                           "ansible_ssh_private_key_file: %s" % json.dumps(self.key_path),
+                                           "ansible_ssh_common_args: %s" % json.dumps("-F %s" % self.ssh_config_path))]
 
     @property
     def key_path(self):
@@ -838,7 +840,13 @@ class NspawnFleet:
         """The fleet's state (JSON)."""
         return os.path.join(self.state_dir, "state.json")
 
-    # -- life cycle ------------------------------------------------------------------------------
+    def create(self):
+        """Start the fleet."""
+        raise NotImplementedError
+
+    def destroy(self):
+        """Stop the fleet and remove what it made."""
+        raise NotImplementedError
 
     def __enter__(self):
         self.create()
@@ -847,6 +855,39 @@ class NspawnFleet:
     def __exit__(self, exc_type, exc, tb):
         self.destroy()
         return False
+
+
+class NspawnFleet(FleetArtefacts):
+    """A named fleet of booted Debian hosts; a context manager (``with NspawnFleet(...) as fleet``).
+
+    ``hosts`` is a list of names, ``groups`` maps an inventory group to member names. ``create()``
+    boots everything and returns when every host accepts SSH logins with the fleet's key;
+    ``destroy()`` removes everything (idempotent; also registered by the underlying netns Fleet).
+    """
+
+    def __init__(self, name, hosts, groups=None, rate_mbit=None, subnet=None, cache_dir=CACHE_DIR,
+                 state_root=STATE_ROOT, data_root=DATA_ROOT, progress=_progress_stderr, boot_timeout=None,
+                 supervised=False):
+        if not FLEET_NAME_RE.match(name or ""):
+            raise FleetError("test fleet: bad fleet name %r (lower-case letters, digits, '-', '_')" % name)
+        super().__init__(name, state_dir_of(name, state_root), os.path.join(data_root, name), progress)
+        self.host_names = list(hosts)
+        self.groups = dict((g, list(m)) for g, m in (groups or {}).items())
+        validate_names(self.host_names, self.groups)
+        self.rate_mbit = rate_mbit
+        self.wanted_subnet = subnet
+        self.cache_dir = cache_dir
+        self.state_root = state_root
+        self.boot_timeout = boot_timeout or (60.0 + 3.0 * len(self.host_names))
+        self.supervised = supervised
+        self.base = None
+        self.netns = None
+        self.controller = None
+        self.containers = []
+        self.subnet = None
+        self.status = "new"
+
+    # -- life cycle ------------------------------------------------------------------------------
 
     def create(self):
         """Build the base root if needed, boot every host, wait for SSH, write state and inventory."""
@@ -982,13 +1023,6 @@ class NspawnFleet:
 
     # -- access ----------------------------------------------------------------------------------
 
-    def host(self, name):
-        """The Container named ``name``."""
-        try:
-            return self.by_name[name]
-        except KeyError:
-            raise FleetError("test fleet %s: no host %r" % (self.name, name)) from None
-
     def ssh_argv(self, name, argv):
         """``ssh`` command line running ``argv`` on host ``name`` (the remote side gets it shell-quoted)."""
         return ssh_command(self.ssh_config_path, name, argv)
@@ -1056,12 +1090,7 @@ class NspawnFleet:
     def _write_inventory(self):
         q = json.dumps
         lines = ["# Ansible inventory of test fleet %s (fleetctl); removed with the fleet." % self.name,
-                 "all:", "  vars:",
-                 "    ansible_user: root",
-                 "    ansible_python_interpreter: /usr/bin/python3",
-                 "    ansible_ssh_private_key_file: %s" % q(self.key_path),
-                 "    ansible_ssh_common_args: %s" % q("-F %s" % self.ssh_config_path),
-                 "  hosts:"]
+                 "all:", "  vars:"] + self.connection_vars("    ") + ["  hosts:"]
         for box in self.containers:
             lines.append("    %s:" % box.name)
             lines.append("      ansible_host: %s" % q(box.addr))

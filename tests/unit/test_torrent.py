@@ -9,7 +9,8 @@ import pytest
 
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent as tmod
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import LimitError, MissingDependencyError, TorrentError
-from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent, libtorrent_version
+from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import library_version
+from ansible_collections.vmic.fleet.plugins.module_utils.libtorrent_dep import import_libtorrent
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import (
     bdecode, check_torrent, create_torrent, make_torrent, parse_torrent, v2_truncated,
 )
@@ -315,11 +316,11 @@ def test_make_refuses_missing_and_empty_files(tmp_path):
 
 
 def test_libtorrent_gate_version():
-    assert libtorrent_version(lt) >= (2, 0)
+    assert library_version(lt) >= (2, 0)
 
     class Old(object):
         __version__ = "1.2.19.0"
-    assert libtorrent_version(Old) == (1, 2)
+    assert library_version(Old) == (1, 2)
 
 
 def test_libtorrent_gate_missing_module(monkeypatch):
