@@ -197,8 +197,12 @@ def summary(state):
 
 def next_sleep(state, interval, now):
     """Seconds to sleep before the next read: ``interval``, shorter when every pending host's rate says it ends sooner
-    (one second after the slowest one's estimated end, at least one second), never past the deadline."""
-    if not state["pending"]:
+    (one second after the slowest one's estimated end, at least one second), never past the deadline.
+
+    None after round 0: the start step itself took a pass over the fleet (about one ``ping``), time in which the engines
+    were downloading already; the first read follows it at once and gives every host's rate.
+    """
+    if not state["pending"] or state["round"] == 0:
         return 0.0
     sleep = float(interval)
     if state.get("eta") is not None:

@@ -21,7 +21,8 @@ description:
     torrent, when the host became unreachable or failed, or when O(timeout) passed - and prints one line of fleet
     progress (hosts done, failed and downloading of all, bytes done of all) and the slowest hosts.
   - Then it sleeps until the next read is worth its cost - O(interval) seconds, shorter when the pending hosts' download rates
-    say they finish sooner - printing a line at least every 30 seconds.
+    say they finish sooner - printing a line at least every 30 seconds. The first round (no O(previous)) does not sleep - the
+    start step's pass over the fleet was the first wait.
   - It reads and changes nothing on the hosts - verification and commit are the activation's
     (O(vmic.fleet.image_sync#module:phase=activate) checks every byte before anything enters a store).
 author:

@@ -292,7 +292,7 @@ class Scale:
                 say("%-14s %7.1f s wall %7.1f s controller CPU (%.2f CPU-s per host)" % (label, run.wall, run.cpu, run.cpu / n))
         for label in ("baseline-status", "baseline-noop"):
             if label in self.results:
-                say("%s (%s): %.1f s, %.2f x ping" % (label, self.args.baseline, self.results[label].wall, ratio(self.results[label])))
+                say("%s (%s): %.1f s, %s x ping" % (label, self.args.baseline, self.results[label].wall, ratio(self.results[label])))
         for label in ("status", "noop", "change"):
             if label not in self.results:
                 continue

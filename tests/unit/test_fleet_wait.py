@@ -47,16 +47,19 @@ def test_fleet_progress_rounds_until_done():
     first = judge(hosts, hosts, starts, {}, {}, now=1000.0, timeout=3600)
     assert (first["round"], sorted(first["done"]), first["pending"]) == (0, ["hv1", "hv3"], ["hv2"])
     assert (first["bytes_done"], first["bytes_total"]) == (8 * MIB, 16 * MIB)
-    assert next_sleep(first, 5.0, 1000.0) == 5.0                 # no rate yet: the interval
+    assert next_sleep(first, 5.0, 1000.0) == 0.0                 # round 0: the start step was the first wait
+    first = judge(hosts, hosts, starts, {"hv2": read((KEY_A, 0, "downloading", 0))}, first, now=1001.0, timeout=3600)
+    assert next_sleep(first, 5.0, 1001.0) == 5.0                 # no rate yet: the interval
     second = judge(hosts, hosts, starts, {"hv2": read((KEY_A, 2 * MIB, "downloading", 3 * MIB))}, first, now=1005.0, timeout=3600)
+    assert second["round"] == 2
     assert second["pending"] == ["hv2"] and second["bytes_done"] == 10 * MIB
     assert second["slowest"][0]["host"] == "hv2" and second["eta"] == 2.0
     assert next_sleep(second, 5.0, 1005.0) == 3.0               # the rate says 2 s more: read one second after
     assert any("hv2 25 %" in line for line in summary(second))
     third = judge(hosts, hosts, starts, {"hv2": read((KEY_A, 8 * MIB, "seeding", 0))}, second, now=1008.0, timeout=3600)
-    assert third["finished"] and sorted(third["done"]) == hosts and third["round"] == 2
+    assert third["finished"] and sorted(third["done"]) == hosts and third["round"] == 3
     assert (third["bytes_done"], third["bytes_total"]) == (16 * MIB, 16 * MIB)
-    assert summary(third)[0].startswith("fleet downloads after 8 s (round 2): 3/3 hosts done, 0 failed, 0 downloading")
+    assert summary(third)[0].startswith("fleet downloads after 8 s (round 3): 3/3 hosts done, 0 failed, 0 downloading")
 
 
 def test_engine_says_seeding_before_every_byte_not_done():
@@ -121,7 +124,7 @@ def test_engine_not_answering_stays_pending_until_deadline():
     down = read(engine_error="engine /run/vmic-engine/engine.sock: connection refused")
     state = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {"hv1": down}, first, now=30.0, timeout=60)
     assert state["pending"] == ["hv1"] and "connection refused" in state["slowest"][0]["reason"]
-    assert next_sleep(state, 45.0, 30.0) == 30.0                 # never past the deadline
+    assert next_sleep(state, 45.0, 30.0) == 30.0                 # never past the deadline (round 1)
     late = judge(["hv1"], ["hv1"], {"hv1": DOWNLOADING}, {"hv1": down}, state, now=61.0, timeout=60)
     assert "not complete within 60 s" in late["failed_hosts"]["hv1"] and late["finished"]
 
