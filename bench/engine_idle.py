@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 """What an idle engine service costs: memory and CPU of N engines that seed and do nothing else.
 
 Starts ``--engines`` (10) engine services on 127.0.0.x, each seeding the same image in seed mode

@@ -456,8 +456,6 @@ def test_libtorrent_wakes_the_engine_through_its_alert_pipe(python):
     assert result.stdout.decode().split()[1:] == ["True", "True"], result.stdout
 
 
-
-
 @pytest.mark.skipif(DEBIAN_LIBTORRENT is None, reason="no libtorrent for %s (Debian: apt-get install python3-libtorrent)" % DEBIAN_PYTHON)
 def test_debian_libtorrent_seeds_to_this_libtorrent_and_resumes_its_state(engines, image, tmp_path):
     """The fleet runs Debian 12's python3-libtorrent (2.0.8), the tests the venv's wheel (2.1): an engine on each

@@ -13,6 +13,8 @@ APT_PACKAGES=(
     shellcheck
     # image signing and verification, transfer engines, tracker
     openssl opentracker rtorrent
+    # Debian's libtorrent bindings (2.0.8): tests/engines runs an engine on them next to the venv's 2.1 wheel
+    python3-libtorrent
     # test fleet: images, Debian roots (debootstrap from Debian's mirror), containers reached over
     # SSH, network namespaces and shaped links (ip, tc)
     qemu-utils debootstrap debian-archive-keyring systemd-container openssh-client iproute2

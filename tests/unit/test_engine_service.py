@@ -249,7 +249,10 @@ def fake_server():
         server.listen(1)
 
         def run():
-            conn, _addr = server.accept()
+            try:
+                conn, _addr = server.accept()
+            except OSError:      # closed at teardown: the client never connected
+                return
             try:
                 conn.recv(65536)
                 reply(conn, stop)
