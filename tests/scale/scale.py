@@ -71,8 +71,9 @@ def say(message):
 class Run:
     """Wall time and controller CPU of one child process (RUSAGE_CHILDREN before and after)."""
 
-    def __init__(self, label, argv, env, log_path, timeout):
+    def __init__(self, label, argv, env, log_path, timeout, watch=None):
         self.label = label
+        self.watch = watch          # called with the log's path every half second while the run goes on
         self.argv = argv
         self.env = env
         self.log_path = log_path
@@ -89,7 +90,11 @@ class Run:
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=self.env, cwd=REPO_ROOT)
             try:
-                self.rc = proc.wait(self.timeout)
+                deadline = time.monotonic() + self.timeout
+                while self.watch is not None and proc.poll() is None and time.monotonic() < deadline:
+                    self.watch(self.log_path)
+                    time.sleep(0.5)
+                self.rc = proc.wait(max(1.0, deadline - time.monotonic()))
             except BaseException:
                 proc.terminate()
                 try:
@@ -193,13 +198,13 @@ class Scale:
         """-i arguments: the booted fleet's hosts, the light hosts, the demo's groups and settings."""
         return ["-i", self.boot.inventory_path, "-i", self.light.inventory_path, "-i", os.path.join(REPO_ROOT, "inventory", "demo")]
 
-    def ansible(self, label, argv, timeout=3600, must_pass=True):
+    def ansible(self, label, argv, timeout=3600, must_pass=True, watch=None):
         """Run an ansible command in the controller namespace; returns the Run."""
         timer = os.path.join(self.logs, label + ".tasks.jsonl")
         if os.path.exists(timer):
             os.unlink(timer)
         env = dict(self.env, SCALE_TIMER_FILE=timer)
-        run = Run(label, self.light.controller_argv(argv), env, os.path.join(self.logs, label + ".log"), timeout)()
+        run = Run(label, self.light.controller_argv(argv), env, os.path.join(self.logs, label + ".log"), timeout, watch=watch)()
         run.tasks = _read_tasks(timer)
         self.results[label] = run
         if must_pass and run.rc != 0:
@@ -231,7 +236,10 @@ class Scale:
         if not self.args.ping_only:
             self.playbook("site-services", "site.yml", "--limit", "repository:trackers")
             self.playbook("publish", "publish.yml")
-            self.playbook("converge", "rollout.yml")
+            if self.args.faulty:
+                self.converge_faulty()
+            else:
+                self.playbook("converge", "rollout.yml")
         ping = self.ansible("ping", [os.path.join(VENV_BIN, "ansible")] + self.inventories() + ["hypervisors", "-m", "ansible.builtin.ping",
                                                                                                 "-o"])
         status = noop = None
@@ -247,6 +255,42 @@ class Scale:
                 self.change()
         self.results["total_s"] = time.monotonic() - t0
         return self.report(ping, status, noop)
+
+    def converge_faulty(self):
+        """The first rollout with ``--faulty`` percent of the hosts (the last ones, never the canary) taken off the network
+        once their download started: the others must converge; then the hosts come back and a second rollout.yml
+        must complete them (status.yml counts them later: faulty_converged)."""
+        count = max(1, int(round(len(self.hosts) * self.args.faulty / 100.0)))
+        faulty = self.hosts[-count:]
+        cut = []
+
+        def watch(log_path):
+            if cut:
+                return
+            with open(log_path, encoding="utf-8", errors="replace") as handle:
+                if "(round 0)" not in handle.read():
+                    return
+            for name in faulty:
+                self.light.set_link(name, False)
+            cut.append(time.monotonic())
+            say("converge: %d host(s) taken off the network during the download: %s" % (count, ", ".join(faulty)))
+
+        try:
+            run = self.playbook("converge", "rollout.yml", must_pass=False, watch=watch)
+        finally:
+            for name in faulty:
+                self.light.set_link(name, True)
+        with open(run.log_path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+        reported = [name for name in faulty if re.search(r"\b%s: (FAILED|NOT ACTIVATED|no result)" % name, text)]
+        converged = len(set(re.findall(r"\b(hv\d+): \d+ image\(s\), added", text)) - set(faulty))
+        say("converge with %d host(s) off the network: exit %d, %d/%d other host(s) converged, %d/%d faulty host(s) named in "
+            "the fleet report" % (count, run.rc, converged, len(self.hosts) - count, len(reported), count))
+        deadline = time.monotonic() + 120
+        while not all(self.light.answers_ssh(name) for name in faulty) and time.monotonic() < deadline:
+            time.sleep(1)
+        self.playbook("converge-rerun", "rollout.yml")
+        self.results["faulty"] = {"hosts": faulty, "first_rc": run.rc, "others_converged": converged, "reported": reported}
 
     def change(self):
         """The one-change rollout: a new version of one 8 MiB image for every host (demo content stage 2), really
@@ -285,7 +329,7 @@ class Scale:
         def wall(run):
             return "%.1f" % run.wall if run else "na"
 
-        for label in ("site-services", "publish", "converge", "ping", "status", "noop", "baseline-status", "baseline-noop",
+        for label in ("site-services", "publish", "converge", "converge-rerun", "ping", "status", "noop", "baseline-status", "baseline-noop",
                       "publish-change", "change", "status-after-change"):
             run = self.results.get(label)
             if run:
@@ -305,18 +349,28 @@ class Scale:
             ("noop", wall(noop)), ("noop_ratio", ratio(noop)), ("change", wall(change)), ("transfer_max", transfer_max),
             ("overhead_ratio", "%.2f" % ((change.wall - float(transfer_max)) / ping.wall) if change and transfers and ping.wall else "na"),
             ("converged", "na" if converged is None else "%d/%d" % (converged, n)),
-            ("faulty_converged", "na"),
+            ("faulty_converged", self.faulty_converged()),
             ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
         ]
         summary = dict(fields)
         timed = ("status", "noop", "converge", "change", "baseline-status", "baseline-noop")
         summary.update({"cpu_s": {label: round(self.results[label].cpu, 1) for label in self.results if isinstance(self.results[label], Run)},
                         "tasks": {label: self.results[label].tasks for label in timed if label in self.results},
-                        "transfers": transfers, "converged_before_change": self.results["converged"],
+                        "transfers": transfers, "converged_before_change": self.results["converged"], "faulty": self.results.get("faulty"),
                         "memory": mem, "light_timings": self.results["light_timings"]})
         with open(os.path.join(WORK, "scale.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=1, sort_keys=True)
         return "scale: " + " ".join("%s=%s" % (k, v) for k, v in fields)
+
+    def faulty_converged(self):
+        """K/M: of the M hosts taken off the network in the first rollout, those status.yml finds converged in the end."""
+        faulty = self.results.get("faulty")
+        label = "status-after-change" if "status-after-change" in self.results else "status"
+        if not faulty or label not in self.results:
+            return "na"
+        with open(self.results[label].log_path, encoding="utf-8", errors="replace") as handle:
+            ok = set(re.findall(r"\b(hv\d+): ok \(", handle.read()))
+        return "%d/%d" % (len(ok & set(faulty["hosts"])), len(faulty["hosts"]))
 
     def teardown(self):
         """Stop this run's SSH masters, remove the light hosts and the booted fleet (idempotent)."""
@@ -384,6 +438,8 @@ def main(argv=None):
     parser.add_argument("--idle", type=int, default=20, help="seconds over which idle engine CPU is measured")
     parser.add_argument("--baseline", help="another playbook directory whose status.yml and rollout.yml are measured too (before/after)")
     parser.add_argument("--no-change", action="store_true", help="skip the one-change rollout")
+    parser.add_argument("--faulty", type=float, default=0.0,
+                        help="percent of the hosts taken off the network during the first rollout's download (then a re-run completes them)")
     args = parser.parse_args(argv)
     if args.hosts < 1 or args.hosts > 3000:
         parser.error("--hosts: 1 to 3000")

@@ -428,6 +428,17 @@ class LightFleet(FleetArtefacts):
         """``argv`` run in the controller namespace (where every light host is reachable directly)."""
         return ["ip", "netns", "exec", os.path.basename(self.ctl_netns_path)] + list(argv)
 
+    def set_link(self, name, up):
+        """Take light host ``name`` off the network (its switch-side link down: SSH, peers, tracker and repository all
+        unreachable, the host itself still running) or put it back."""
+        host = self.host(name)
+        netns._check([netns.IP, "-n", self.net.switch_ns, "link", "set", host.net.switch_ifname, "up" if up else "down"],  # pylint: disable=protected-access
+                     "light host %s" % name)
+
+    def answers_ssh(self, name):
+        """Whether light host ``name`` answers on port 22, seen from the controller namespace."""
+        return ssh_banner(self.ctl_netns_path, self.host(name).addr, timeout=2.0) is not None
+
     def memory(self):
         """Per host: {"sshd": kib, "engine": kib, "other": kib, "total": kib} (Pss; nspawn counted in other)."""
         out = {}
