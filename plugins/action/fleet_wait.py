@@ -129,6 +129,9 @@ def judge(hosts, active, starts, reads, previous, now, timeout):
         if host not in active:
             failed[host] = _reason(read if read is not None and (read.get("unreachable") or read.get("failed")) else start,
                                    "failed or unreachable")
+            last = judge_host(start, None)      # its bytes as the start step saw them: still part of the fleet's total
+            settled_done += last["done"]
+            settled_total += last["size"]
             continue
         if start is None or start.get("failed") or start.get("skipped"):
             failed[host] = _reason(start, "no download step result")

@@ -102,6 +102,7 @@ def test_unreachable_host_fails_others_converge():
     state = judge(hosts, ["hv2"], starts, reads, first, now=40.0, timeout=60)
     assert state["failed_hosts"] == {"hv1": "Failed to connect to the host via ssh: No route to host"}
     assert state["done"] == ["hv2"] and state["finished"]
+    assert (state["bytes_done"], state["bytes_total"]) == (8 * MIB, 16 * MIB)      # the lost host's bytes still count
 
 
 def test_engine_not_answering_fails_host_after_grace():
