@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from stat import S_ISLNK
 
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, MissingDependencyError, StoreError, TorrentError, VmicError
@@ -397,25 +398,33 @@ def _drop_download(store, engine, planned):
     store.discard_partial(planned.identifier, planned.version)
 
 
+def _poll_downloads(plan, store, engine, pending, started):
+    """One look at the engine: each image of ``pending`` that finished or failed leaves it (in place); the progress
+    file is written. Returns the failures (engine error, torrent lost)."""
+    failures = []
+    statuses = dict((s["key"], s) for s in engine.status())
+    for planned in list(pending):
+        status = statuses.get(planned.key)
+        if status is None:
+            failures.append("image %s: the engine lost the torrent" % planned.describe())
+            pending.remove(planned)
+            continue
+        planned.status = status
+        if status.get("error"):
+            failures.append("image %s: engine error: %s" % (planned.describe(), status["error"]))
+            pending.remove(planned)
+        elif status.get("total_done", 0) >= planned.size and status.get("state") in ("seeding", "finished"):
+            planned.finished = time.time()
+            pending.remove(planned)
+    _write_progress(store, plan.add, started)
+    return failures
+
+
 def _wait_downloads(plan, store, engine, leaders, deadline, poll, started):
     failures = []
     pending = list(leaders)
     while pending:
-        statuses = dict((s["key"], s) for s in engine.status())
-        for planned in list(pending):
-            status = statuses.get(planned.key)
-            if status is None:
-                failures.append("image %s: the engine lost the torrent" % planned.describe())
-                pending.remove(planned)
-                continue
-            planned.status = status
-            if status.get("error"):
-                failures.append("image %s: engine error: %s" % (planned.describe(), status["error"]))
-                pending.remove(planned)
-            elif status.get("total_done", 0) >= planned.size and status.get("state") in ("seeding", "finished"):
-                planned.finished = time.time()
-                pending.remove(planned)
-        _write_progress(store, plan.add, started)
+        failures.extend(_poll_downloads(plan, store, engine, pending, started))
         if pending and time.time() > deadline:
             failures.extend("image %s: not complete by the deadline (%.0f%%)" % (p.describe(), 100 * p.status.get("progress", 0.0))
                             for p in pending)
@@ -479,7 +488,7 @@ def _meta(planned, key):
 
 
 def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None,
-             allow_http=False, fetch=fetch_bytes):
+             allow_http=False, fetch=fetch_bytes, wait=True):
     """Download and verify every image to add; commit all only when all verified. Returns per-image results.
 
     An image whose bytes (sha512 and size) a held image or another image of this run already has is not
@@ -489,7 +498,14 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     With ``commit=False`` (the download phase of a rollout) verified data stays in the partial area,
     seeded by the engine, and the store is not changed; a later call with ``commit=True`` finds it
     complete, verifies it again and commits it.
+
+    With ``wait=False`` (only with ``commit=False``) the checked torrents are handed to the engine and the call
+    returns at once: the engine downloads on its own into the partial area; nothing is verified or committed
+    (a later call with ``commit=True`` waits, verifies every byte and commits). Each result then carries the
+    torrent's ``key`` (v1 info-hash), ``size`` and ``total_done`` so that a waiter can follow it in the engine.
     """
+    if commit and not wait:
+        raise VmicError("transfer: wait=False never commits (give commit=False)")
     if not plan.add:
         return []
     store.ensure()
@@ -526,6 +542,8 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
         reason = _start_download(plan, store, engine, planned, data, meta, owner)
         if reason:
             failures.append(reason)
+    if not wait:
+        return _started(plan, store, engine, leaders, failures, started)
     if not failures:
         failures = _wait_downloads(plan, store, engine, leaders, deadline, poll, started)
     if not failures:
@@ -601,6 +619,49 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     return results
 
 
+def _started(plan, store, engine, leaders, failures, started):
+    """The results of a transfer that does not wait: one look at the engine (writing the progress file), then per image
+    its download (``downloading`` or ``downloaded``, with ``key``, ``size`` and ``total_done``) or its source of the
+    same bytes. Raises TransferFailed when the engine refused or lost a torrent (the store is not changed)."""
+    pending = [planned for planned in leaders if planned.key is not None]
+    if not failures:
+        failures = _poll_downloads(plan, store, engine, pending, started)
+    if failures:
+        raise TransferFailed(failures, plan.add)
+    results = []
+    for planned in plan.add:
+        if planned in leaders:
+            result = _result(planned, "downloading" if planned in pending else "downloaded",
+                             store.partial_dir(planned.identifier, planned.version))
+            result.update(key=planned.key, size=planned.size, total_done=min(planned.status.get("total_done", 0), planned.size))
+        else:
+            result = _result(planned, "ready (same bytes as %s)" % _source_name(planned), os.path.dirname(_source_path(store, planned, False)))
+        results.append(result)
+    return results
+
+
+def _root_read_only(store, image):
+    """Whether a held image is root's and read-only as :meth:`ImageStore.take_ownership` leaves it (nothing changed)."""
+    directory = store.final_dir(image.identifier, image.version)
+    for path, mode in ((os.path.dirname(directory), 0o755), (directory, 0o755), (image.path, 0o444)):
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        if S_ISLNK(info.st_mode) or (os.geteuid() == 0 and (info.st_uid, info.st_gid) != (0, 0)) or (info.st_mode & 0o7777) != mode:
+            return False
+    return True
+
+
+def needs_activation(plan, store):
+    """Whether the activation phase would change anything on this host: an image to add, one to retire, a stale
+    download to discard, or a held image to make root's and read-only. False is the no-op fast path: a host
+    that holds its approved, selected set needs no activation run."""
+    if plan.add or plan.retire or plan.stale_downloads:
+        return True
+    return not all(_root_read_only(store, image) for image in plan.keep)
+
+
 def _source_path(store, planned, committed):
     """The verified file with this image's bytes: a held image's, or that of the image of this run that brings them."""
     if planned.source is not None:
@@ -615,11 +676,17 @@ def _source_name(planned):
     return "%s %s" % (source.identifier, source.version)
 
 
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _result(planned, action, directory):
     status = planned.status
+    added, completed = status.get("added_at"), status.get("completed_at")
     return {
         "identifier": planned.identifier, "version": planned.version, "title": planned.image.title, "action": action,
         "seconds": round((planned.finished or time.time()) - planned.started, 2),
+        "transfer_seconds": round(completed - added, 1) if _number(added) and _number(completed) and completed >= added else None,
         "bytes_from_peers": status.get("bytes_from_peers", 0), "bytes_from_web_seed": status.get("bytes_from_web_seed", 0),
         "bytes_from_seeds": status.get("bytes_from_seeds", 0), "path": os.path.join(directory, planned.name),
     }

@@ -26,7 +26,9 @@ description:
     list in RV(refused_lists) and warns, and C(status.yml) fails on it. A list whose signer the site's
     CRLs revoke is a definite signal - its images are retired (withdrawn).
   - An image is (endorser, identifier); a list never affects another endorser's images.
-  - Suited to C(async)/C(poll) so every host downloads at once.
+  - With O(phase=download) and O(wait=false) it returns as soon as the engine has the checked torrents; the engine
+    downloads on its own, so every host downloads at once whatever Ansible's C(forks); C(rollout.yml) then follows the
+    fleet's progress with M(vmic.fleet.image_info) rounds (action C(vmic.fleet.fleet_wait)). It also suits C(async)/C(poll).
   - Store layout - C(<store_dir>/<identifier>/<version>/<file>), metadata in
     C(<store_dir>/<identifier>/<version>.json), C(<store_dir>/<identifier>/current) symlink, downloads
     in C(<store_dir>/.partial/).
@@ -115,6 +117,14 @@ options:
     description: Seconds to wait for all downloads before giving up (nothing is committed then).
     type: int
     default: 3600
+  wait:
+    description:
+      - With V(false) (only with O(phase=download)) the module hands the checked torrents to the engine and returns at once,
+        without waiting for the downloads or verifying them (the activation verifies every byte before it commits).
+        RV(images) then gives each download's C(key), C(size) and C(total_done) so that a waiter can follow it in the
+        engine (M(vmic.fleet.image_info) RV(vmic.fleet.image_info#module:torrents)).
+    type: bool
+    default: true
   https_ca_file:
     description: CA bundle to check HTTPS servers with.
     type: path
@@ -270,11 +280,29 @@ images:
   contains:
     action:
       description:
-        - V(added), V(downloaded) (O(phase=download)), or V(added (same bytes as <identifier> <version>, no transfer))
-          when a held image or another image of this run already has its bytes.
+        - V(added), V(downloaded) (O(phase=download)), V(downloading) (O(wait=false), the engine goes on downloading),
+          or V(added (same bytes as <identifier> <version>, no transfer)) when a held image or another image of this run
+          already has its bytes.
       type: str
+    key:
+      description: The torrent's v1 info-hash, the engine's key for the download.
+      type: str
+      returned: with O(wait=false), for an image that is downloaded
+    size:
+      description: The image's size in bytes.
+      type: int
+      returned: with O(wait=false), for an image that is downloaded
+    total_done:
+      description: Bytes the engine held when the module returned.
+      type: int
+      returned: with O(wait=false), for an image that is downloaded
     seconds:
-      description: Seconds from the start of the transfer to the end of its verification.
+      description: Seconds from the start of the transfer to the end of its verification (of this run).
+      type: float
+    transfer_seconds:
+      description:
+        - Seconds from the engine taking the torrent to the engine holding every byte (its C(added_at) and C(completed_at)),
+          also when an earlier run started the download; null when the engine does not say (a torrent not complete yet).
       type: float
     bytes_from_peers:
       description: Bytes the engine received from other peers (hypervisors and seeds).
@@ -298,6 +326,14 @@ images:
       bytes_from_web_seed: 4194304
       bytes_from_seeds: 536870912
       path: /var/lib/vmic/images/6f1e2d3c-4b5a-4968-8776-655443322110/3/debian12.qcow2
+needs_activation:
+  description:
+    - Whether the activation phase would change anything on this host (an image to add, one to retire, a stale download
+      to discard, a held image to make root's and read-only). V(false) is the no-op fast path - C(rollout.yml) activates
+      no host for which it is false.
+  returned: with O(phase=download), when not in check mode
+  type: bool
+  sample: true
 retired:
   description:
     - Images retired in this run, and downloads discarded because no image to add uses them, each named by
@@ -392,7 +428,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import fai
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import (
-    TransferFailed, engine_from_spec, engine_owner, plan_sync, retire, transfer, verify_lists)
+    TransferFailed, engine_from_spec, engine_owner, needs_activation, plan_sync, retire, transfer, verify_lists)
 from ansible_collections.vmic.fleet.plugins.module_utils.liststate import ListStateStore
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module
@@ -423,6 +459,7 @@ def main():
             **engine_argument_spec(),
             phase=dict(type="str", choices=["all", "download", "activate"], default="all"),
             timeout=dict(type="int", default=3600),
+            wait=dict(type="bool", default=True),
             https_ca_file=dict(type="path"),
             allow_http=dict(type="bool", default=False),
             allow_legacy_digests=dict(type="bool", default=False),
@@ -432,6 +469,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if not params["wait"] and params["phase"] != "download":
+        module.fail_json(msg="image_sync: wait=false is for phase=download only (phase %s commits, which needs the downloads)" % params["phase"])
     deadline = time.time() + params["timeout"]
     result = dict(changed=False, images=[], retired=[], in_use=[], lists=[], plan={}, refused_lists=[])
     try:
@@ -461,8 +500,11 @@ def main():
         if module.check_mode:
             module.exit_json(**result)
         engine = engine_from_spec(params["engine"])    # also without images to add or retire: stale downloads are discarded
+        if downloading:
+            result["needs_activation"] = needs_activation(plan, store)
         result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"],
-                                    commit=not downloading, owner=engine_owner(params["engine"]), allow_http=params["allow_http"])
+                                    commit=not downloading, owner=engine_owner(params["engine"]), allow_http=params["allow_http"],
+                                    wait=params["wait"])
         if not downloading:
             result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
             for image in plan.keep:

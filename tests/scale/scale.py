@@ -13,8 +13,12 @@ One run, one inventory, one ansible.cfg (tests/scale/ansible.cfg):
    a first ``rollout.yml`` converges the fleet;
 4. measured: ``ansible hypervisors -m ping``, ``status.yml`` on the converged fleet, a no-op
    ``rollout.yml``; wall time and controller CPU (``getrusage(RUSAGE_CHILDREN)`` of each run; the
-   ControlPersist SSH masters detach and are not counted);
-5. the light hosts' memory (Pss of sshd, engine, nspawn) and their engines' idle CPU.
+   ControlPersist SSH masters detach and are not counted); with ``--baseline DIR`` the same
+   ``status.yml`` and no-op ``rollout.yml`` from another playbook directory too (before / after);
+5. the one-change rollout: stage 2 of the demo content (a new version of one 8 MiB image for every
+   host) published, ``rollout.yml`` timed, the slowest host's transfer read from the fleet report,
+   ``status.yml`` counts the converged hosts (``--no-change`` skips it);
+6. the light hosts' memory (Pss of sshd, engine, nspawn) and their engines' idle CPU.
 
 Every Ansible run happens in the fleet's controller namespace (``ip netns exec``), where every host is
 reachable directly, as from a site's controller. The last line is the issue's machine-readable
@@ -30,6 +34,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -50,6 +55,11 @@ VENV_BIN = os.path.dirname(sys.executable)
 STORE_DIRS = ("/var/lib/vmic/images", "/var/lib/vmic/archive", "/var/lib/vmic/lists")
 CA_DIR = "/etc/grid-security/certificates"
 SITE_CA_FILES = ("/etc/vmic/site-ca.pem", "/usr/local/share/ca-certificates/vmic-site-ca.crt")
+# ControlPersist sockets of this harness's ansible runs: a directory of its own, emptied (masters stopped) at the start
+# and the end of a run, so that a master of an earlier run (to an address a new light host has now) is never reused.
+# A unix socket path has at most 107 bytes: ansible's %C hash is 40.
+CONTROL_DIR = os.path.join(WORK, "cp") if len(os.path.join(WORK, "cp")) < 60 else "/run/vmic-scale-cp"
+TRANSFER_RE = re.compile(r"\b(hv\d+): \d+ image\(s\), added \d+, transfer ([0-9.]+) s")
 
 
 def say(message):
@@ -61,8 +71,9 @@ def say(message):
 class Run:
     """Wall time and controller CPU of one child process (RUSAGE_CHILDREN before and after)."""
 
-    def __init__(self, label, argv, env, log_path, timeout):
+    def __init__(self, label, argv, env, log_path, timeout, watch=None):
         self.label = label
+        self.watch = watch          # called with the log's path every half second while the run goes on
         self.argv = argv
         self.env = env
         self.log_path = log_path
@@ -79,7 +90,11 @@ class Run:
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=self.env, cwd=REPO_ROOT)
             try:
-                self.rc = proc.wait(self.timeout)
+                deadline = time.monotonic() + self.timeout
+                while self.watch is not None and proc.poll() is None and time.monotonic() < deadline:
+                    self.watch(self.log_path)
+                    time.sleep(0.5)
+                self.rc = proc.wait(max(1.0, deadline - time.monotonic()))
             except BaseException:
                 proc.terminate()
                 try:
@@ -117,6 +132,7 @@ class Scale:
                         ANSIBLE_COLLECTIONS_PATH=ensure_collection_path(), ANSIBLE_CONFIG=os.path.join(HERE, "ansible.cfg"),
                         ANSIBLE_FORKS=str(args.forks), VMIC_DEMO_DIR=self.demo_dir, ANSIBLE_NOCOLOR="1",
                         ANSIBLE_LOCAL_TEMP=os.path.join(WORK, "ansible-tmp"), ANSIBLE_CALLBACKS_ENABLED="scale_timer",
+                        ANSIBLE_SSH_CONTROL_PATH_DIR=CONTROL_DIR,
                         ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"))
 
     # -- set-up -------------------------------------------------------------------------------------
@@ -128,6 +144,7 @@ class Scale:
             say("removing the booted fleet of an earlier run")
             nspawn.cleanup_from_state(state)
         lighthost.cleanup_stale(progress=say)
+        stop_ssh_masters(CONTROL_DIR, progress=say)
 
     def content(self):
         """The demo's PKI and stage-1 content (three 8 MiB qcow2 images, two catalogues)."""
@@ -181,13 +198,13 @@ class Scale:
         """-i arguments: the booted fleet's hosts, the light hosts, the demo's groups and settings."""
         return ["-i", self.boot.inventory_path, "-i", self.light.inventory_path, "-i", os.path.join(REPO_ROOT, "inventory", "demo")]
 
-    def ansible(self, label, argv, timeout=3600, must_pass=True):
+    def ansible(self, label, argv, timeout=3600, must_pass=True, watch=None):
         """Run an ansible command in the controller namespace; returns the Run."""
         timer = os.path.join(self.logs, label + ".tasks.jsonl")
         if os.path.exists(timer):
             os.unlink(timer)
         env = dict(self.env, SCALE_TIMER_FILE=timer)
-        run = Run(label, self.light.controller_argv(argv), env, os.path.join(self.logs, label + ".log"), timeout)()
+        run = Run(label, self.light.controller_argv(argv), env, os.path.join(self.logs, label + ".log"), timeout, watch=watch)()
         run.tasks = _read_tasks(timer)
         self.results[label] = run
         if must_pass and run.rc != 0:
@@ -195,9 +212,10 @@ class Scale:
         return run
 
     def playbook(self, label, playbook, *extra, **kwargs):
-        """ansible-playbook with the run's inventories."""
+        """ansible-playbook with the run's inventories (playbooks from ``directory``, default --playbooks)."""
+        directory = kwargs.pop("directory", None) or self.args.playbooks
         argv = [os.path.join(VENV_BIN, "ansible-playbook")] + self.inventories() + [
-            os.path.join(self.args.playbooks, playbook)] + list(extra)
+            os.path.join(directory, playbook)] + list(extra)
         return self.ansible(label, argv, **kwargs)
 
     # -- the run ------------------------------------------------------------------------------------
@@ -218,7 +236,10 @@ class Scale:
         if not self.args.ping_only:
             self.playbook("site-services", "site.yml", "--limit", "repository:trackers")
             self.playbook("publish", "publish.yml")
-            self.playbook("converge", "rollout.yml")
+            if self.args.faulty:
+                self.converge_faulty()
+            else:
+                self.playbook("converge", "rollout.yml")
         ping = self.ansible("ping", [os.path.join(VENV_BIN, "ansible")] + self.inventories() + ["hypervisors", "-m", "ansible.builtin.ping",
                                                                                                 "-o"])
         status = noop = None
@@ -226,13 +247,70 @@ class Scale:
         if not self.args.ping_only:
             status = self.playbook("status", "status.yml")
             noop = self.playbook("noop", "rollout.yml")
-            self.results["converged"] = self.converged_count()
+            self.results["converged"] = self.converged_count("status")
+            if self.args.baseline:
+                self.playbook("baseline-status", "status.yml", directory=self.args.baseline)
+                self.playbook("baseline-noop", "rollout.yml", directory=self.args.baseline)
+            if not self.args.no_change:
+                self.change()
         self.results["total_s"] = time.monotonic() - t0
         return self.report(ping, status, noop)
 
-    def converged_count(self):
+    def converge_faulty(self):
+        """The first rollout with ``--faulty`` percent of the hosts (the last ones, never the canary) taken off the network
+        once their download started: the others must converge; then the hosts come back and a second rollout.yml
+        must complete them (status.yml counts them later: faulty_converged)."""
+        count = max(1, int(round(len(self.hosts) * self.args.faulty / 100.0)))
+        faulty = self.hosts[-count:]
+        cut = []
+
+        def watch(log_path):
+            if cut:
+                return
+            with open(log_path, encoding="utf-8", errors="replace") as handle:
+                if "(round 0)" not in handle.read():
+                    return
+            for name in faulty:
+                self.light.set_link(name, False)
+            cut.append(time.monotonic())
+            say("converge: %d host(s) taken off the network during the download: %s" % (count, ", ".join(faulty)))
+
+        try:
+            run = self.playbook("converge", "rollout.yml", must_pass=False, watch=watch)
+        finally:
+            for name in faulty:
+                self.light.set_link(name, True)
+        with open(run.log_path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+        reported = [name for name in faulty if re.search(r"\b%s: (FAILED|NOT ACTIVATED|no result)" % name, text)]
+        converged = len(set(re.findall(r"\b(hv\d+): \d+ image\(s\), added", text)) - set(faulty))
+        say("converge with %d host(s) off the network: exit %d, %d/%d other host(s) converged, %d/%d faulty host(s) named in "
+            "the fleet report" % (count, run.rc, converged, len(self.hosts) - count, len(reported), count))
+        deadline = time.monotonic() + 120
+        while not all(self.light.answers_ssh(name) for name in faulty) and time.monotonic() < deadline:
+            time.sleep(1)
+        self.playbook("converge-rerun", "rollout.yml")
+        self.results["faulty"] = {"hosts": faulty, "first_rc": run.rc, "others_converged": converged, "reported": reported}
+
+    def change(self):
+        """The one-change rollout: a new version of one 8 MiB image for every host (demo content stage 2), really
+        transferred; its wall time, the slowest host's transfer (the fleet report's ``transfer`` of the engines'
+        own clocks), then status.yml's count of converged hosts."""
+        subprocess.run([sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, "2"], check=True,
+                       env=self.env, stdout=subprocess.DEVNULL)
+        self.playbook("publish-change", "publish.yml")
+        run = self.playbook("change", "rollout.yml", must_pass=False)
+        with open(run.log_path, encoding="utf-8", errors="replace") as handle:
+            transfers = dict((host, float(seconds)) for host, seconds in TRANSFER_RE.findall(handle.read()))
+        self.results["transfers"] = transfers
+        self.playbook("status-after-change", "status.yml", must_pass=False)
+        self.results["converged_after_change"] = self.converged_count("status-after-change")
+        say("one-change rollout: exit %d, %d host(s) report a transfer, slowest %.1f s" % (
+            run.rc, len(transfers), max(transfers.values()) if transfers else float("nan")))
+
+    def converged_count(self, label):
         """Hypervisors status.yml reports as holding exactly their approved, selected images ("<host>: ok (...)")."""
-        with open(self.results["status"].log_path, encoding="utf-8", errors="replace") as handle:
+        with open(self.results[label].log_path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
         return len(set(re.findall(r"\b(hv\d+): ok \(", text)))
 
@@ -240,6 +318,10 @@ class Scale:
         """Human summary on stderr; the scale: line returned."""
         mem = self.results["memory"]
         n = len(self.hosts)
+        change = self.results.get("change")
+        transfers = self.results.get("transfers") or {}
+        transfer_max = "%.1f" % max(transfers.values()) if transfers else "na"
+        converged = self.results["converged"] if change is None else self.results.get("converged_after_change")
 
         def ratio(run):
             return "%.2f" % (run.wall / ping.wall) if run and ping.wall else "na"
@@ -247,11 +329,15 @@ class Scale:
         def wall(run):
             return "%.1f" % run.wall if run else "na"
 
-        for label in ("site-services", "publish", "converge", "ping", "status", "noop"):
+        for label in ("site-services", "publish", "converge", "converge-rerun", "ping", "status", "noop", "baseline-status", "baseline-noop",
+                      "publish-change", "change", "status-after-change"):
             run = self.results.get(label)
             if run:
                 say("%-14s %7.1f s wall %7.1f s controller CPU (%.2f CPU-s per host)" % (label, run.wall, run.cpu, run.cpu / n))
-        for label in ("status", "noop"):
+        for label in ("baseline-status", "baseline-noop"):
+            if label in self.results:
+                say("%s (%s): %.1f s, %s x ping" % (label, self.args.baseline, self.results[label].wall, ratio(self.results[label])))
+        for label in ("status", "noop", "change"):
             if label not in self.results:
                 continue
             slow = sorted(self.results[label].tasks, key=lambda t: -t["seconds"])[:4]
@@ -260,26 +346,73 @@ class Scale:
             say("load average: %s; %d CPUs; total %.0f s" % (handle.read().strip(), os.cpu_count(), self.results["total_s"]))
         fields = [
             ("hosts", n), ("ping", wall(ping)), ("status", wall(status)), ("status_ratio", ratio(status)),
-            ("noop", wall(noop)), ("noop_ratio", ratio(noop)), ("change", "na"), ("transfer_max", "na"),
-            ("overhead_ratio", "na"),
-            ("converged", "na" if self.results["converged"] is None else "%d/%d" % (self.results["converged"], n)),
-            ("faulty_converged", "na"),
+            ("noop", wall(noop)), ("noop_ratio", ratio(noop)), ("change", wall(change)), ("transfer_max", transfer_max),
+            ("overhead_ratio", "%.2f" % ((change.wall - float(transfer_max)) / ping.wall) if change and transfers and ping.wall else "na"),
+            ("converged", "na" if converged is None else "%d/%d" % (converged, n)),
+            ("faulty_converged", self.faulty_converged()),
             ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
         ]
         summary = dict(fields)
+        timed = ("status", "noop", "converge", "change", "baseline-status", "baseline-noop")
         summary.update({"cpu_s": {label: round(self.results[label].cpu, 1) for label in self.results if isinstance(self.results[label], Run)},
-                        "tasks": {label: self.results[label].tasks for label in ("status", "noop", "converge") if label in self.results},
+                        "tasks": {label: self.results[label].tasks for label in timed if label in self.results},
+                        "transfers": transfers, "converged_before_change": self.results["converged"], "faulty": self.results.get("faulty"),
                         "memory": mem, "light_timings": self.results["light_timings"]})
         with open(os.path.join(WORK, "scale.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=1, sort_keys=True)
         return "scale: " + " ".join("%s=%s" % (k, v) for k, v in fields)
 
+    def faulty_converged(self):
+        """K/M: of the M hosts taken off the network in the first rollout, those status.yml finds converged in the end."""
+        faulty = self.results.get("faulty")
+        label = "status-after-change" if "status-after-change" in self.results else "status"
+        if not faulty or label not in self.results:
+            return "na"
+        with open(self.results[label].log_path, encoding="utf-8", errors="replace") as handle:
+            ok = set(re.findall(r"\b(hv\d+): ok \(", handle.read()))
+        return "%d/%d" % (len(ok & set(faulty["hosts"])), len(faulty["hosts"]))
+
     def teardown(self):
-        """Remove the light hosts and the booted fleet (idempotent)."""
+        """Stop this run's SSH masters, remove the light hosts and the booted fleet (idempotent)."""
+        stop_ssh_masters(CONTROL_DIR)
         if self.light is not None:
             self.light.destroy()
         if self.boot is not None:
             self.boot.destroy()
+
+
+def stop_ssh_masters(directory, progress=None):
+    """Stop the ControlPersist masters whose sockets are in ``directory`` (this harness's own ansible runs) and empty it.
+
+    A master's command line is ``ssh: <socket> [mux]``; it is stopped by its pid (SIGTERM).
+    """
+    try:
+        sockets = set(os.path.join(directory, name) for name in os.listdir(directory))
+    except FileNotFoundError:
+        sockets = set()
+    stopped = 0
+    if sockets:
+        for pid in (int(entry) for entry in os.listdir("/proc") if entry.isdigit()):
+            try:
+                with open("/proc/%d/cmdline" % pid, "rb") as handle:
+                    words = handle.read().decode("utf-8", "replace").split("\0")
+            except OSError:
+                continue
+            if words and words[0].startswith("ssh: ") and words[0][5:].split(" ")[0] in sockets:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                    stopped += 1
+                except ProcessLookupError:
+                    pass
+        for path in sockets:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if progress and stopped:
+        progress("stopped %d SSH master(s) of an earlier run" % stopped)
+    return stopped
 
 
 def _read_tasks(path):
@@ -303,6 +436,10 @@ def main(argv=None):
     parser.add_argument("--playbooks", default=os.path.join(REPO_ROOT, "playbooks"), help="directory of the playbooks run")
     parser.add_argument("--ping-only", action="store_true", help="light hosts, memory and ping only (no repository, no rollout)")
     parser.add_argument("--idle", type=int, default=20, help="seconds over which idle engine CPU is measured")
+    parser.add_argument("--baseline", help="another playbook directory whose status.yml and rollout.yml are measured too (before/after)")
+    parser.add_argument("--no-change", action="store_true", help="skip the one-change rollout")
+    parser.add_argument("--faulty", type=float, default=0.0,
+                        help="percent of the hosts taken off the network during the first rollout's download (then a re-run completes them)")
     args = parser.parse_args(argv)
     if args.hosts < 1 or args.hosts > 3000:
         parser.error("--hosts: 1 to 3000")

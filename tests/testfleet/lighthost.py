@@ -292,6 +292,7 @@ class LightFleet(FleetArtefacts):
         self.ctl_netns_path = None
         self.hosts = []
         self.missing_engine_files = []
+        self.sysctl = {}
         self._created = False
 
     # -- life cycle (paths of the artefacts and the context manager: nspawn.FleetArtefacts) ----------
@@ -339,6 +340,11 @@ class LightFleet(FleetArtefacts):
             self.net = _Network(self.subnet, first_octet=1)
             self.net.setup()
         netns.cleanup_stale(NETNS_PREFIX)
+        self.sysctl = raise_neighbour_limits(len(self.host_names))
+        self._write_state("starting")
+        for path, (old, new) in sorted(self.sysctl.items()):
+            self.progress("%s raised from %d to %d for %d hosts (restored when the fleet is removed)" % (
+                path.replace("/proc/sys/", "").replace("/", "."), old, new, len(self.host_names)))
         shared = os.path.join(self.data_dir, "shared")
         os.makedirs(shared)
         engine_code = os.path.join(shared, "engine-code")
@@ -422,6 +428,17 @@ class LightFleet(FleetArtefacts):
         """``argv`` run in the controller namespace (where every light host is reachable directly)."""
         return ["ip", "netns", "exec", os.path.basename(self.ctl_netns_path)] + list(argv)
 
+    def set_link(self, name, up):
+        """Take light host ``name`` off the network (its switch-side link down: SSH, peers, tracker and repository all
+        unreachable, the host itself still running) or put it back."""
+        host = self.host(name)
+        netns._check([netns.IP, "-n", self.net.switch_ns, "link", "set", host.net.switch_ifname, "up" if up else "down"],  # pylint: disable=protected-access
+                     "light host %s" % name)
+
+    def answers_ssh(self, name):
+        """Whether light host ``name`` answers on port 22, seen from the controller namespace."""
+        return ssh_banner(self.ctl_netns_path, self.host(name).addr, timeout=2.0) is not None
+
     def memory(self):
         """Per host: {"sshd": kib, "engine": kib, "other": kib, "total": kib} (Pss; nspawn counted in other)."""
         out = {}
@@ -453,6 +470,7 @@ class LightFleet(FleetArtefacts):
             "controller_netns": self.ctl_netns_path,
             "hosts": [h.state() for h in self.hosts], "timings": self.timings,
             "inventory": self.inventory_path, "ssh_config": self.ssh_config_path,
+            "sysctl": self.sysctl,
         }
 
     def _write_state(self, status):
@@ -628,6 +646,73 @@ def _cpu_ticks(pid):
         return 0
 
 
+# -- kernel limits ------------------------------------------------------------------------------------
+
+# The kernel keeps ONE neighbour (ARP) table for every network namespace: the entries of all light hosts and
+# of the controller count against net.ipv4.neigh.default.gc_thresh3 (1024 by default; only the machine's own
+# namespace may change it). Past it the kernel refuses new neighbours (/proc/net/stat/arp_cache "table_fulls")
+# and connections fail with "No route to host" - what stopped the first 100-host rollout, whose hosts talk to
+# each other over BitTorrent (up to every pair of hosts).
+NEIGH_THRESH = "/proc/sys/net/ipv4/neigh/default/gc_thresh%d"
+
+
+def neighbour_entries_needed(hosts):
+    """Neighbour entries ``hosts`` light hosts may hold at once: each one for every peer, the controller, repository
+    and tracker, and room for the rest of the machine."""
+    return hosts * (hosts + 8) + 1024
+
+
+def raise_neighbour_limits(hosts, thresh=NEIGH_THRESH):
+    """Raise gc_thresh2 (where the kernel starts collecting) and gc_thresh3 (the hard limit) to what ``hosts``
+    light hosts need; never lowers them. Returns {path: [old, new]} of what it changed."""
+    needed = neighbour_entries_needed(hosts)
+    changed = {}
+    for index, value in ((2, needed), (3, 2 * needed)):
+        path = thresh % index
+        old = int(_read_text(path).strip())
+        if old < value:
+            write_text_sysctl(path, value)
+            changed[path] = [old, value]
+    return changed
+
+
+def restore_limits(changed, state_root, name):
+    """Put back what :func:`raise_neighbour_limits` changed, unless another light fleet whose owner lives is using it,
+    or the value is no longer the one this fleet set."""
+    if not changed:
+        return
+    for other in _fleet_names(state_root):
+        if other == name:
+            continue
+        state = load_state(os.path.join(state_root, other, "state.json"))
+        if state is not None and owner_alive(state):
+            return
+    for path, (old, new) in sorted(changed.items(), reverse=True):   # gc_thresh3 first: never below gc_thresh2
+        try:
+            if int(_read_text(path).strip()) == new:
+                write_text_sysctl(path, old)
+        except (OSError, ValueError):
+            pass
+
+
+def _fleet_names(state_root):
+    try:
+        return sorted(os.listdir(state_root))
+    except FileNotFoundError:
+        return []
+
+
+def _read_text(path):
+    with open(path, encoding="ascii") as handle:
+        return handle.read()
+
+
+def write_text_sysctl(path, value):
+    """Write one sysctl value (a file under /proc/sys)."""
+    with open(path, "w", encoding="ascii") as handle:
+        handle.write("%d\n" % value)
+
+
 # -- cleanup ------------------------------------------------------------------------------------------
 
 def load_state(path):
@@ -671,6 +756,8 @@ def cleanup_from_state(state, progress=None, stop_timeout=10.0):
     for path in (state.get("data_dir"), state.get("state_dir")):
         if path and os.path.isdir(path):
             remove_tree(path)
+    if state.get("state_dir"):
+        restore_limits(state.get("sysctl") or {}, os.path.dirname(state["state_dir"]), state.get("name"))
     if progress:
         progress("light fleet %s: removed (%d hosts)" % (state.get("name"), len(hosts)))
 
@@ -678,11 +765,7 @@ def cleanup_from_state(state, progress=None, stop_timeout=10.0):
 def cleanup_stale(state_root=STATE_ROOT, progress=None):
     """Remove every light fleet under ``state_root`` whose owner is gone. Returns their names."""
     removed = []
-    try:
-        names = sorted(os.listdir(state_root))
-    except FileNotFoundError:
-        return removed
-    for name in names:
+    for name in _fleet_names(state_root):
         state = load_state(os.path.join(state_root, name, "state.json"))
         if state is not None and not owner_alive(state):
             cleanup_from_state(state, progress=progress)
