@@ -120,9 +120,16 @@ demo-clean:
 # The control plane at scale (root; not part of make test): HOSTS light hypervisors over real SSH, ping,
 # status.yml and a no-op rollout.yml timed; the last line is the scale: line (docs/scale.md). SCALE_ARGS
 # reach tests/scale/scale.py (e.g. --forks 100 --batch 50).
+# tests/scale/requirements.txt (matplotlib, mitogen) goes into .venv for this target only.
 HOSTS ?= 450
 SCALE_ARGS ?=
-scale: $(VENV_STAMP) collection-link
+SCALE_REQUIREMENTS := $(ROOT)/tests/scale/requirements.txt
+SCALE_STAMP := $(VENV)/.vmic-fleet-scale-requirements.stamp
+$(SCALE_STAMP): $(VENV_STAMP) $(SCALE_REQUIREMENTS)
+	"$(VENV_PYTHON)" -m pip install --quiet --requirement "$(SCALE_REQUIREMENTS)" --constraint "$(CONSTRAINTS)"
+	"$(VENV_PYTHON)" -m pip check
+	@touch "$@"
+scale: $(SCALE_STAMP) collection-link
 	bash "$(ROOT)/tests/tools/install-deps.sh"
 	cd "$(ROOT)" && "$(VENV_PYTHON)" tests/scale/scale.py --hosts "$(HOSTS)" $(SCALE_ARGS)
 
