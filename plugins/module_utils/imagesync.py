@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import os
 import time
-from stat import S_ISLNK
+from stat import S_ISLNK, S_ISREG
 
+from ansible_collections.vmic.fleet.plugins.module_utils.atomic_io import write_atomic
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import LibtorrentEngineClient
-from ansible_collections.vmic.fleet.plugins.module_utils.errors import EngineError, MissingDependencyError, StoreError, TorrentError, VmicError
+from ansible_collections.vmic.fleet.plugins.module_utils.errors import (
+    EngineError, LimitError, MissingDependencyError, StoreError, TorrentError, VmicError)
 from ansible_collections.vmic.fleet.plugins.module_utils.fetch import fetch_bytes
-from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import MAX_ENVELOPE_BYTES, MAX_TORRENT_BYTES
+from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import (
+    MAX_ENVELOPE_BYTES, MAX_TORRENT_BYTES, is_endorser_name, is_hex64, is_lower_uuid)
 from ansible_collections.vmic.fleet.plugins.module_utils.imagelist import BTIH_V1, BTIH_V2, TORRENT_SHA256, TORRENT_URI, ImageListError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import check_file, secure_file
 from ansible_collections.vmic.fleet.plugins.module_utils.listverify import ListVerdict, verify_image_list
@@ -118,33 +121,223 @@ def _subscription(entry):
     return {"src": entry["src"], "endorser": entry.get("endorser"), "identifier": identifier.lower() if identifier else None}
 
 
+KEPT_DIR = ".kept"      # in the state directory; never an endorser's name (those start with a letter or digit)
+
+
+class KeptCopies(object):
+    """The signed list bytes and the checked torrents a download phase verified, kept in the host's state directory
+    for the activation of the same rollout, so that it needs neither the repository nor the torrents' server.
+
+    Layout: ``<state_dir>/.kept/lists/<endorser>/<list uuid>.list`` (the signed envelope, byte for byte) and
+    ``<state_dir>/.kept/torrents/<torrent sha256>.torrent``; directories 0700, files 0600, root's (the module's
+    user), written atomically; never read beyond MAX_ENVELOPE_BYTES / MAX_TORRENT_BYTES. A kept copy is only a
+    copy: every check runs again on it (:func:`verify_lists` with ``kept``, the torrent checks of :func:`transfer`
+    against the signed list).
+    """
+
+    def __init__(self, state_dir):
+        self.root = os.path.join(state_dir, KEPT_DIR)
+
+    def list_path(self, subscription):
+        """Where the list of a subscription (``src``, ``endorser``, ``identifier``) is kept."""
+        endorser, identifier = subscription.get("endorser"), subscription.get("identifier")
+        if not is_endorser_name(endorser) or not is_lower_uuid(identifier):
+            raise VmicError("image list %s: endorser %r and list UUID %r cannot name a kept copy" % (subscription.get("src"), endorser, identifier))
+        return os.path.join(self.root, "lists", endorser, "%s.list" % identifier)
+
+    def torrent_path(self, sha256):
+        """Where the torrent whose sha256 the signed list gives is kept."""
+        if not is_hex64(sha256):
+            raise TorrentError("torrent sha256 %r cannot name a kept copy" % (sha256,))
+        return os.path.join(self.root, "torrents", "%s.torrent" % sha256)
+
+    def read_list(self, subscription):
+        """The kept envelope of a subscription's list, or None when none is kept; VmicError when it is unusable."""
+        path = self.list_path(subscription)
+        return _read_private(path, MAX_ENVELOPE_BYTES, "kept copy %s of image list %s" % (path, subscription["src"]))
+
+    def read_torrent(self, sha256, what):
+        """The kept torrent with this sha256, or None; VmicError when it is unusable."""
+        path = self.torrent_path(sha256)
+        return _read_private(path, MAX_TORRENT_BYTES, "%s: kept torrent %s" % (what, path))
+
+    def keep_list(self, subscription, envelope):
+        """Keep a verified list's envelope (replacing the copy of an earlier download phase)."""
+        _write_private(self.root, self.list_path(subscription), envelope, MAX_ENVELOPE_BYTES)
+
+    def keep_torrent(self, sha256, data):
+        """Keep a checked torrent."""
+        _write_private(self.root, self.torrent_path(sha256), data, MAX_TORRENT_BYTES)
+
+    def drop_list(self, subscription):
+        """Forget the kept list of a subscription (none kept, or names that cannot name one: nothing to do)."""
+        try:
+            path = self.list_path(subscription or {})
+        except VmicError:
+            return
+        _unlink(path)
+
+    def drop_torrents(self):
+        """Forget every kept torrent."""
+        directory = os.path.join(self.root, "torrents")
+        for name in _listdir(directory):
+            if name.endswith(".torrent"):
+                _unlink(os.path.join(directory, name))
+
+    def keep_for_activation(self, verdicts, activation_follows):
+        """After a download phase's verification: keep each valid list, forget the copy of each refused one and every
+        torrent of an earlier download (this download keeps its own). Without an activation to follow (the host holds its
+        set) nothing is kept."""
+        self.drop_torrents()
+        for verdict in verdicts:
+            subscription = verdict.subscription
+            if activation_follows and verdict.valid and getattr(verdict, "envelope", None) is not None:
+                self.keep_list(subscription, verdict.envelope)
+            else:
+                self.drop_list(subscription)
+
+    def activated(self, verdicts):
+        """After a successful commit: forget the kept copies of the lists it applied, and every kept torrent when no list
+        was refused. What a refused list needs stays as it was (the next download phase replaces it)."""
+        for verdict in verdicts:
+            if verdict.valid:
+                self.drop_list(verdict.subscription)
+        if all(verdict.valid for verdict in verdicts):
+            self.drop_torrents()
+
+
+def _read_private(path, max_bytes, what):
+    """The bytes of a kept file (None when there is none): a regular file of this user, mode 0600 or stricter, at most
+    ``max_bytes``; anything else is a VmicError naming ``what``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise VmicError("%s: %s" % (what, exc.strerror or exc))
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not S_ISREG(info.st_mode):
+            raise VmicError("%s: not a regular file" % what)
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise VmicError("%s: owned by uid %d with mode %04o, not this user's and private (0600)" % (what, info.st_uid, info.st_mode & 0o7777))
+        if info.st_size > max_bytes:
+            raise LimitError("%s: %d bytes, larger than the limit of %d bytes" % (what, info.st_size, max_bytes))
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise LimitError("%s: larger than the limit of %d bytes" % (what, max_bytes))
+    return data
+
+
+def _write_private(root, path, data, max_bytes):
+    """Write a kept file atomically (0600), its directories under ``root`` 0700."""
+    if len(data) > max_bytes:
+        raise LimitError("%s: %d bytes, larger than the limit of %d bytes; not kept" % (path, len(data), max_bytes))
+    state_dir = os.path.dirname(root)
+    if not os.path.isdir(state_dir):
+        os.makedirs(state_dir, 0o750)
+    directory = root
+    for part in [""] + os.path.relpath(os.path.dirname(path), root).split(os.sep):
+        directory = os.path.join(directory, part) if part else directory
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o700)
+        os.chmod(directory, 0o700)
+    write_atomic(path, bytes(data), 0o600)
+
+
+def _listdir(directory):
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, record=True, https_ca_file=None, allow_http=False,
-                 timeout=30, fetch=fetch_bytes, now=None):
+                 timeout=30, fetch=fetch_bytes, now=None, kept=None):
     """Fetch and verify every subscribed list, each on its own; returns :class:`listverify.ListVerdict` objects
     (refused ones included).
 
     Each entry of ``lists`` is a subscription: ``src``, ``endorser`` (a name of the registry) and
     ``identifier`` (the list UUID). The verdict of each carries its subscription, so that a refused
-    list still names whose images it covers. ``fetch`` is :func:`fetch.fetch_bytes` or a function with
+    list still names whose images it covers, and the envelope it was verified from (``envelope``, for
+    :meth:`KeptCopies.keep_for_activation`). ``fetch`` is :func:`fetch.fetch_bytes` or a function with
     its signature (tests pass an in-memory repository); ``now`` the time lists are judged at (default: now).
+
+    With ``kept`` (:class:`KeptCopies`, an activation) a list the download phase kept is verified from that copy,
+    offline, with every check (signature, CA pin, site CRLs, expiry, rollback floor of the state, subscription) and is
+    not fetched; ``kept_copy`` of its verdict says so (None: fetched, "used", "refused" or "superseded", with
+    ``kept_reason``). A kept copy below the version the state accepted since, or with
+    other bytes at that version, is superseded: refused as a rollback, forgotten, and the list is fetched. Any other
+    refusal of a kept copy (tampered, another endorser's or list's, oversized, expired) refuses the list: its images
+    stay as they are and it is not fetched, so that an activation never applies another list than the one the
+    download phase verified.
     """
     verdicts = []
     for entry in lists:
         subscription = _subscription(entry)
         source = subscription["src"]
-        try:
-            envelope = fetch(source, MAX_ENVELOPE_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="image list")
-            verdict = verify_image_list(envelope, source, trust, registry, state=state, expected_identifier=subscription["identifier"],
-                                        expected_endorser=subscription["endorser"], allow_legacy_digests=allow_legacy_digests,
-                                        record=record, now=now)
-        except MissingDependencyError:
-            raise
-        except VmicError as exc:
-            # Unreachable, too slow, too large, a corrupt state file: this list is refused, the others go on.
-            verdict = ListVerdict.unreadable(source, str(exc))
+        verdict, superseded = None, None
+        options = dict(trust=trust, registry=registry, expected_identifier=subscription["identifier"],
+                       expected_endorser=subscription["endorser"], allow_legacy_digests=allow_legacy_digests, now=now)
+        if kept is not None:
+            verdict, superseded = _verify_kept(kept, subscription, state, record, options)
+        if verdict is None:
+            envelope = None
+            try:
+                envelope = fetch(source, MAX_ENVELOPE_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="image list")
+                verdict = verify_image_list(envelope, source, state=state, record=record, **options)
+            except MissingDependencyError:
+                raise
+            except VmicError as exc:
+                # Unreachable, too slow, too large, a corrupt state file: this list is refused, the others go on.
+                verdict = ListVerdict.unreadable(source, str(exc))
+            verdict.envelope = envelope
+            verdict.kept_copy = "superseded" if superseded else None
+            verdict.kept_reason = superseded
         verdict.subscription = subscription
         verdicts.append(verdict)
     return verdicts
+
+
+def _verify_kept(kept, subscription, state, record, options):
+    """(verdict, None) on a subscription's kept list copy (see :func:`verify_lists`); (None, None) when none is kept and
+    (None, why) when the copy is superseded: the list is to be fetched."""
+    source = subscription["src"]
+    refused = "image list %s: the copy the download phase kept is refused, the list is not fetched in this run" % source
+    try:
+        envelope = kept.read_list(subscription)
+    except MissingDependencyError:
+        raise
+    except VmicError as exc:
+        verdict = ListVerdict.unreadable(source, refused)
+        verdict.reasons.append(str(exc))
+        verdict.kept_copy, verdict.kept_reason = "refused", None
+        return verdict, None
+    if envelope is None:
+        return None, None
+    try:
+        verdict = verify_image_list(envelope, source, state=state, record=record, **options)
+        if not verdict.valid and verify_image_list(envelope, source, state=None, record=False, **options).valid:
+            # valid but for the state's floor: the host accepted a newer list since (another run), so fetch
+            kept.drop_list(subscription)
+            return None, "image list %s: the kept copy %s is superseded, the list is fetched: %s" % (
+                source, kept.list_path(subscription), "; ".join(verdict.reasons))
+    except MissingDependencyError:
+        raise
+    except VmicError as exc:
+        verdict = ListVerdict.unreadable(source, str(exc))
+    verdict.envelope = envelope
+    verdict.kept_copy, verdict.kept_reason = "used" if verdict.valid else "refused", None
+    if not verdict.valid:
+        verdict.reasons.insert(0, "%s (%s)" % (refused, kept.list_path(subscription)))
+    return verdict, None
 
 
 def _owner_status(verdicts):
@@ -231,14 +424,24 @@ def plan_sync(verdicts, policy, profile, store, known=()):
 
 
 def _stale_downloads(plan, store):
-    """(identifier, version) of the store's download directories that no image to add uses."""
+    """(identifier, version) of the store's download directories that no image to add uses.
+
+    None while a list is refused (not for a revoked signer): a download is not tied to its list, and the refused one
+    may be the list that names it (a list held back is not a list withdrawn); the next run that judges every list
+    decides."""
+    if any(not item["revoked"] for item in plan.refused):
+        return []
     adding = set((p.identifier, p.version) for p in plan.add)
     return [pair for pair in store.partials() if pair not in adding]
 
 
-def _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http=False, fetch=fetch_bytes):
+def _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http=False, fetch=fetch_bytes, kept=None, from_kept=False):
     """The image's .torrent (bytes) and its checked metadata: fetched from the signed vmic:torrent URL, its sha256,
-    file name, size and info-hashes checked against the signed list before anything else reads it."""
+    file name, size and info-hashes checked against the signed list before anything else reads it.
+
+    With ``kept`` (:class:`KeptCopies`): ``from_kept`` (an activation) takes the torrent the download phase kept, when
+    there is one, instead of fetching it (checked the same way; a kept torrent that fails is refused, not replaced);
+    otherwise (a download) the checked torrent is kept."""
     image = planned.image
     for field, value in ((TORRENT_URI, image.torrent_uri), (TORRENT_SHA256, image.torrent_sha256), (BTIH_V1, image.btih_v1),
                          (BTIH_V2, image.btih_v2)):
@@ -248,11 +451,22 @@ def _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http=Fal
         name = image.file_name
     except ImageListError as exc:
         raise TorrentError(str(exc))
-    # Like the lists: HTTPS with the site's CA options (http only where allowed), never a local path.
-    data = fetch(image.torrent_uri, MAX_TORRENT_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="torrent",
-                 allow_local=False)
-    meta = torrent_module.check_torrent(data, expected_name=name, expected_size=planned.size, expected_v1=image.btih_v1,
-                                        expected_v2=image.btih_v2, expected_sha256=image.torrent_sha256)
+    data = kept.read_torrent(image.torrent_sha256, "image %s" % planned.describe()) if kept is not None and from_kept else None
+    from_copy = data is not None
+    if not from_copy:
+        # Like the lists: HTTPS with the site's CA options (http only where allowed), never a local path.
+        data = fetch(image.torrent_uri, MAX_TORRENT_BYTES, timeout=timeout, ca_file=https_ca_file, allow_http=allow_http, what="torrent",
+                     allow_local=False)
+    try:
+        meta = torrent_module.check_torrent(data, expected_name=name, expected_size=planned.size, expected_v1=image.btih_v1,
+                                            expected_v2=image.btih_v2, expected_sha256=image.torrent_sha256)
+    except TorrentError as exc:
+        if from_copy:
+            raise TorrentError("image %s: the torrent the download phase kept (%s) is refused: %s"
+                               % (planned.describe(), kept.torrent_path(image.torrent_sha256), exc))
+        raise
+    if kept is not None and not from_kept:
+        kept.keep_torrent(image.torrent_sha256, data)
     return data, meta
 
 
@@ -488,7 +702,7 @@ def _meta(planned, key):
 
 
 def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None,
-             allow_http=False, fetch=fetch_bytes, wait=True):
+             allow_http=False, fetch=fetch_bytes, wait=True, kept=None):
     """Download and verify every image to add; commit all only when all verified. Returns per-image results.
 
     An image whose bytes (sha512 and size) a held image or another image of this run already has is not
@@ -503,6 +717,10 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     returns at once: the engine downloads on its own into the partial area; nothing is verified or committed
     (a later call with ``commit=True`` waits, verifies every byte and commits). Each result then carries the
     torrent's ``key`` (v1 info-hash), ``size`` and ``total_done`` so that a waiter can follow it in the engine.
+
+    With ``kept`` (:class:`KeptCopies`) a download (``commit=False``) keeps every checked torrent there and a commit takes
+    the kept one instead of fetching it (checked against the signed list all the same), so that an activation needs no
+    server once every piece is in the swarm.
     """
     if commit and not wait:
         raise VmicError("transfer: wait=False never commits (give commit=False)")
@@ -523,7 +741,8 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     if need > free:
         raise StoreError("image store %s: too little disk: %d bytes needed, %d free; nothing was changed" % (store.store_dir, need, free))
 
-    torrents = dict((id(planned), _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http, fetch)) for planned in plan.add)
+    torrents = dict((id(planned), _torrent_for(planned, torrent_module, https_ca_file, timeout, allow_http, fetch, kept, commit))
+                    for planned in plan.add)
     for planned in plan.add:
         planned.name = torrents[id(planned)][1].name
         planned.started = time.time()

@@ -107,9 +107,22 @@ options:
     description:
       - V(all) downloads, verifies, commits and retires in one run.
       - V(download) only downloads and verifies into the partial area (the engine seeds it meanwhile);
-        the store is not changed. A rollout runs it on every host at once.
+        the store is not changed. A rollout runs it on every host at once. When the host has something to activate,
+        it keeps the exact signed bytes of every list it accepted and every torrent it checked in O(state_dir)
+        (C(.kept/), root's, 0700 directories and 0600 files, written atomically, within the limits of a list and
+        a torrent); otherwise, and for a refused list, it forgets what an earlier download kept.
       - V(activate) commits what is downloaded (verifying it again) and retires; a rollout runs it in
-        batches with a canary. Anything not yet downloaded is downloaded first.
+        batches with a canary. Anything not yet downloaded is downloaded first. A list or torrent the download
+        phase kept is used instead of fetching it, verified again offline with every check (signature, pinned CA,
+        the site's CRLs, expiry, the rollback floor of the state, the subscription; torrents against the signed list),
+        so that the activation needs neither the repository nor the torrents' server once every piece is in the swarm.
+        A kept list below the version the state accepted since (or other bytes at that version) is superseded - it is
+        forgotten and the list is fetched (a warning says so). Any other refusal of a kept copy (tampered, signed by
+        another endorser, another list, too large, not root's and private, expired) refuses that list in this run -
+        its images stay as they are, it is not fetched, RV(lists[].reasons) names the kept file; the next download
+        phase replaces the copy. Without a kept copy (an activation without a download) the list is fetched.
+      - After a run that commits (V(activate) or V(all)) and succeeds, the kept copies of the lists it applied and
+        every kept torrent are removed; a failed activation leaves them for the next attempt.
     type: str
     choices: [all, download, activate]
     default: all
@@ -408,6 +421,12 @@ lists:
     version:
       description: The list's C(hv:version), when its signed payload could be read.
       type: str
+    kept_copy:
+      description:
+        - With O(phase=activate) - V(used) (verified from the copy the download phase kept, not fetched), V(refused)
+          (that copy was refused, the list too), V(superseded) (the copy was older than the state, the list was
+          fetched); null when the list was fetched without a kept copy.
+      type: str
   sample:
     - source: https://repo.example.org/lists/base.list
       valid: true
@@ -416,6 +435,7 @@ lists:
       endorser: example-it
       identifier: 2c8b6f3e-6a54-4b1e-9b1c-0e4f6a1d2b3c
       version: "42"
+      kept_copy: used
 """
 
 import time
@@ -428,7 +448,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.dependencies import fai
 from ansible_collections.vmic.fleet.plugins.module_utils.errors import MissingDependencyError, VmicError
 from ansible_collections.vmic.fleet.plugins.module_utils.imagestore import ImageStore
 from ansible_collections.vmic.fleet.plugins.module_utils.imagesync import (
-    TransferFailed, engine_from_spec, engine_owner, needs_activation, plan_sync, retire, transfer, verify_lists)
+    KeptCopies, TransferFailed, engine_from_spec, engine_owner, needs_activation, plan_sync, retire, transfer, verify_lists)
 from ansible_collections.vmic.fleet.plugins.module_utils.liststate import ListStateStore
 from ansible_collections.vmic.fleet.plugins.module_utils.policy import Policy
 from ansible_collections.vmic.fleet.plugins.module_utils import torrent as torrent_module
@@ -479,10 +499,15 @@ def main():
         policy = Policy(params["policy"])
         store = ImageStore(params["store_dir"], params["archive_dir"])
         state = ListStateStore(params["state_dir"])
+        kept = KeptCopies(params["state_dir"])
         verdicts = verify_lists(params["lists"], trust, registry, state, allow_legacy_digests=params["allow_legacy_digests"],
-                                record=not module.check_mode, https_ca_file=params["https_ca_file"], allow_http=params["allow_http"])
+                                record=not module.check_mode, https_ca_file=params["https_ca_file"], allow_http=params["allow_http"],
+                                kept=kept if params["phase"] == "activate" else None)
         result["lists"] = [dict(source=v.source, valid=v.valid, reasons=v.reasons, revoked=v.revoked, endorser=v.subscription["endorser"],
-                                identifier=v.subscription["identifier"], version=v.version) for v in verdicts]
+                                identifier=v.subscription["identifier"], version=v.version, kept_copy=v.kept_copy) for v in verdicts]
+        for verdict in verdicts:
+            if verdict.kept_reason:
+                module.warn(verdict.kept_reason)
         plan = plan_sync(verdicts, policy, params["profile"], store, known=check_known(params["known_images"]))
         result["plan"] = plan.to_dict()
         result["refused_lists"] = result["plan"]["refused"]
@@ -502,11 +527,14 @@ def main():
         engine = engine_from_spec(params["engine"])    # also without images to add or retire: stale downloads are discarded
         if downloading:
             result["needs_activation"] = needs_activation(plan, store)
+            # the activation of this rollout verifies these very bytes again, offline (the repository may be gone by then)
+            kept.keep_for_activation(verdicts, result["needs_activation"])
         result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"],
                                     commit=not downloading, owner=engine_owner(params["engine"]), allow_http=params["allow_http"],
-                                    wait=params["wait"])
+                                    wait=params["wait"], kept=kept if params["phase"] != "all" else None)
         if not downloading:
             result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
+            kept.activated(verdicts)
             for image in plan.keep:
                 if store.take_ownership(image):
                     module.warn("image %s %s was writable by others (an earlier release's store); it is root's and read-only now: "
