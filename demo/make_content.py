@@ -4,6 +4,7 @@
 
 STAGE 1: three small qcow2 images and two catalogues (endorsers cern-demo and desy-demo).
 STAGE 2: a new version of "Debian base" (alpha v2) replaces v1 in cern-demo's catalogue.
+STAGE N > 2: the same with alpha vN (make scale's further rollouts: a new version each time).
 Images are made from pseudo-random raw data so that every byte has to travel.
 """
 
@@ -53,7 +54,7 @@ def main(demo, stage):
     catalogues = os.path.join(demo, "catalogues")
     os.makedirs(images, exist_ok=True)
     os.makedirs(catalogues, exist_ok=True)
-    alpha_version = "1" if stage == 1 else "2"
+    alpha_version = str(stage)
     alpha_name = "debian-base-%s.qcow2" % alpha_version
     alpha = make_image(images, alpha_name, "alpha-%s" % alpha_version)
     beta = make_image(images, "sl-worker-1.qcow2", "beta-1")
@@ -78,4 +79,6 @@ def main(demo, stage):
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3 or not sys.argv[2].isdigit() or int(sys.argv[2]) < 1:
+        sys.exit("usage: make_content.py DEMO_DIR STAGE (1, 2, ...)")
     main(os.path.abspath(sys.argv[1]), int(sys.argv[2]))

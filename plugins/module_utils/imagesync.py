@@ -326,7 +326,8 @@ def _verify_kept(kept, subscription, state, record, options):
         verdict = verify_image_list(envelope, source, state=state, record=record, **options)
         if not verdict.valid and verify_image_list(envelope, source, state=None, record=False, **options).valid:
             # valid but for the state's floor: the host accepted a newer list since (another run), so fetch
-            kept.drop_list(subscription)
+            if record:
+                kept.drop_list(subscription)
             return None, "image list %s: the kept copy %s is superseded, the list is fetched: %s" % (
                 source, kept.list_path(subscription), "; ".join(verdict.reasons))
     except MissingDependencyError:

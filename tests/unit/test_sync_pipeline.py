@@ -394,6 +394,25 @@ def test_unreachable_list_images_held(site):
     assert_untouched(site, before)
 
 
+def test_unreachable_list_keeps_downloads(site):
+    """A download whose list is unreachable in the next run is neither committed nor discarded: the refused list may be
+    the one that names it (held back, not withdrawn); the run after, with the list back, commits it without a transfer."""
+    update, _before = updated(site)
+    verdicts = verify_lists(site.lists, site.trust, site.registry, site.state, fetch=site.repo.fetch)
+    plan = plan_sync(verdicts, site.policy, {}, site.store)
+    transfer(plan, site.store, site.engine, torrent_module, time.time() + 10, poll=0.01, commit=False, fetch=site.repo.fetch)
+    site.repo.unreachable(VICTIM_URL)
+    before = site.snapshot()
+    run = site.sync()
+    assert not run.verdicts[0].valid and run.plan.to_dict()["discard"] == [] and run.retired == []
+    assert_untouched(site, before)
+    assert before["partial"][site.partial_path(update)] == update.data
+    site.repo.serve(VICTIM_URL, site.publish([update], "2"))
+    downloads = len(site.engine.downloads)
+    assert [(item["identifier"], item["version"], item["action"]) for item in site.sync().images] == [(DEBIAN, "2", "added")]
+    assert len(site.engine.downloads) == downloads
+
+
 def test_other_endorsers_list_at_subscribed_url_refused(site):
     """The attacker, trusted for its own catalogue, serves at the victim's URL a list it signed with the victim's
     UUID and a huge version, offering its own bytes as the next Debian: refused, nothing added or retired."""
