@@ -234,15 +234,18 @@ def _write_private(root, path, data, max_bytes):
     if len(data) > max_bytes:
         raise LimitError("%s: %d bytes, larger than the limit of %d bytes; not kept" % (path, len(data), max_bytes))
     state_dir = os.path.dirname(root)
-    if not os.path.isdir(state_dir):
-        os.makedirs(state_dir, 0o750)
-    directory = root
-    for part in [""] + os.path.relpath(os.path.dirname(path), root).split(os.sep):
-        directory = os.path.join(directory, part) if part else directory
-        if not os.path.isdir(directory):
-            os.mkdir(directory, 0o700)
-        os.chmod(directory, 0o700)
-    write_atomic(path, bytes(data), 0o600)
+    try:
+        if not os.path.isdir(state_dir):
+            os.makedirs(state_dir, 0o750)
+        directory = root
+        for part in [""] + os.path.relpath(os.path.dirname(path), root).split(os.sep):
+            directory = os.path.join(directory, part) if part else directory
+            if not os.path.isdir(directory):
+                os.mkdir(directory, 0o700)
+            os.chmod(directory, 0o700)
+        write_atomic(path, bytes(data), 0o600)
+    except OSError as exc:
+        raise VmicError("cannot keep %s for the activation: %s" % (path, exc.strerror or exc))
 
 
 def _listdir(directory):
@@ -250,6 +253,8 @@ def _listdir(directory):
         return os.listdir(directory)
     except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise VmicError("cannot read %s: %s" % (directory, exc.strerror or exc))
 
 
 def _unlink(path):
@@ -257,6 +262,8 @@ def _unlink(path):
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        raise VmicError("cannot remove the kept copy %s: %s" % (path, exc.strerror or exc))
 
 
 def verify_lists(lists, trust, registry, state, allow_legacy_digests=False, record=True, https_ca_file=None, allow_http=False,
