@@ -60,6 +60,10 @@ SITE_CA_FILES = ("/etc/vmic/site-ca.pem", "/usr/local/share/ca-certificates/vmic
 # A unix socket path has at most 107 bytes: ansible's %C hash is 40.
 CONTROL_DIR = os.path.join(WORK, "cp") if len(os.path.join(WORK, "cp")) < 60 else "/run/vmic-scale-cp"
 TRANSFER_RE = re.compile(r"\b(hv\d+): \d+ image\(s\), added \d+, transfer ([0-9.]+) s")
+# fleet_wait's progress line: the hosts whose download is complete (outage_rollout stops the repository at the first)
+FLEET_DONE_RE = re.compile(r"\(round \d+\): (\d+)/\d+ hosts done")
+# ansible -o -m find: one line per host with its "matched" count
+PARTIAL_RE = re.compile(r"^(hv\d+) \| SUCCESS => .*\"matched\": (\d+)", re.M)
 
 
 def say(message):
@@ -253,6 +257,8 @@ class Scale:
                 self.playbook("baseline-noop", "rollout.yml", directory=self.args.baseline)
             if not self.args.no_change:
                 self.change()
+            if not self.args.no_outage:
+                self.outage()
         self.results["total_s"] = time.monotonic() - t0
         return self.report(ping, status, noop)
 
@@ -308,6 +314,83 @@ class Scale:
         say("one-change rollout: exit %d, %d host(s) report a transfer, slowest %.1f s" % (
             run.rc, len(transfers), max(transfers.values()) if transfers else float("nan")))
 
+    # -- rollouts with a part of the site down ----------------------------------------------------------------
+
+    def outage(self):
+        """Two more rollouts of a new version of the 8 MiB image for every host (demo content stages 3 and 4), each with a
+        part of the site down: (a) the repository host's nginx and seeding engine stopped once one hypervisor holds the
+        complete new image (every piece is in the swarm; the activation then has no repository), started again after the
+        rollout; (b) the tracker's opentracker stopped for the whole rollout (peers from the DHT and PEX, or the web seed). After
+        each, status.yml counts the converged hosts and no store may hold a partial file (repo_stopped_converged,
+        tracker_stopped_converged)."""
+        self.outage_rollout("repo-stopped", 3, "repo", ("nginx.service", "vmic-engine.service"), when_seeded=True)
+        self.outage_rollout("tracker-stopped", 4, "tracker", ("opentracker.service",), when_seeded=False)
+
+    def outage_rollout(self, label, stage, host, units, when_seeded):
+        """Publish demo content ``stage``, run rollout.yml with ``units`` of booted host ``host`` stopped (``when_seeded``:
+        from the first fleet_wait round with a host done, else from the start), start them again, then status.yml and
+        the partial-file check. Results in ``self.results["outage"][label]``."""
+        subprocess.run([sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, str(stage)], check=True,
+                       env=self.env, stdout=subprocess.DEVNULL)
+        self.playbook("publish-" + label, "publish.yml")
+        stopped = []
+        started = time.monotonic()
+
+        def stop():
+            self.systemctl(host, "stop", units)
+            stopped.append(time.monotonic() - started)
+            say("%s: %s stopped on %s after %.1f s of the rollout" % (label, " ".join(units), host, stopped[0]))
+
+        def watch(log_path):
+            if stopped:
+                return
+            with open(log_path, encoding="utf-8", errors="replace") as handle:
+                if any(int(done) > 0 for done in FLEET_DONE_RE.findall(handle.read())):
+                    stop()
+
+        try:
+            if not when_seeded:
+                stop()
+            run = self.playbook(label, "rollout.yml", must_pass=False, watch=watch if when_seeded else None)
+        finally:
+            if stopped:
+                self.systemctl(host, "start", units)
+        status = self.playbook("status-" + label, "status.yml", must_pass=False)
+        converged = self.converged_count("status-" + label)
+        partial, unread = self.partial_hosts("partial-" + label)
+        self.results.setdefault("outage", {})[label] = {
+            "rollout_rc": run.rc, "rollout_s": round(run.wall, 1), "stopped": list(units) if stopped else [], "host": host,
+            "stopped_after_s": round(stopped[0], 1) if stopped else None, "status_rc": status.rc, "converged": converged,
+            "partial_hosts": partial, "partial_unread": unread}
+        say("%s rollout: exit %d, %.1f s, %s stopped %s; status.yml: %d/%d converged; stores with a partial file: %s%s" % (
+            label, run.rc, run.wall, " ".join(units), "after %.1f s" % stopped[0] if stopped else "NEVER (no host was done)",
+            converged, len(self.hosts), ", ".join(partial) or "none", "; not read: %s" % ", ".join(unread) if unread else ""))
+
+    def systemctl(self, host, action, units):
+        """``systemctl <action> <units>`` in booted host ``host``, through its namespaces (fleetctl exec): a moment, not an
+        SSH round trip, so that a stop lands before the rollout's next step."""
+        argv = [sys.executable, os.path.join(TESTS, "testfleet", "fleetctl.py"), "exec", "--name", FLEET, host, "--",
+                "systemctl", action] + list(units)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+        if proc.returncode != 0:
+            output = (proc.stdout + proc.stderr)[-2000:]
+            raise FleetError("systemctl %s %s on %s failed (exit %d): %s" % (action, " ".join(units), host, proc.returncode, output))
+
+    def partial_hosts(self, label):
+        """(hosts whose store holds a file in its download area, .partial/ but its progress.json; hosts not read)."""
+        argv = [os.path.join(VENV_BIN, "ansible")] + self.inventories() + [
+            "hypervisors", "-o", "-m", "ansible.builtin.find", "-a",
+            "paths=%s/.partial recurse=true hidden=true file_type=file excludes=progress.json" % STORE_DIRS[0]]
+        run = self.ansible(label, argv, must_pass=False)
+        with open(run.log_path, encoding="utf-8", errors="replace") as handle:
+            found = dict((host, int(matched)) for host, matched in PARTIAL_RE.findall(handle.read()))
+        return sorted(host for host, matched in found.items() if matched), [host for host in self.hosts if host not in found]
+
+    def outage_converged(self, label):
+        """K/N: the hosts status.yml found converged after the rollout ``label`` with a part of the site down (na: not run)."""
+        outage = (self.results.get("outage") or {}).get(label)
+        return "na" if outage is None else "%d/%d" % (outage["converged"], len(self.hosts))
+
     def converged_count(self, label):
         """Hypervisors status.yml reports as holding exactly their approved, selected images ("<host>: ok (...)")."""
         with open(self.results[label].log_path, encoding="utf-8", errors="replace") as handle:
@@ -351,6 +434,8 @@ class Scale:
             ("converged", "na" if converged is None else "%d/%d" % (converged, n)),
             ("faulty_converged", self.faulty_converged()),
             ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
+            ("repo_stopped_converged", self.outage_converged("repo-stopped")),
+            ("tracker_stopped_converged", self.outage_converged("tracker-stopped")),
         ]
         summary = dict(fields)
         timed = ("status", "noop", "converge", "change", "baseline-status", "baseline-noop")
@@ -358,6 +443,7 @@ class Scale:
                         "tasks": {label: self.results[label].tasks for label in timed if label in self.results},
                         "transfers": transfers, "converged_before_change": self.results["converged"], "faulty": self.results.get("faulty"),
                         "memory": mem, "light_timings": self.results["light_timings"]})
+        summary["outage"] = self.results.get("outage")
         with open(os.path.join(WORK, "scale.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=1, sort_keys=True)
         return "scale: " + " ".join("%s=%s" % (k, v) for k, v in fields)
@@ -438,6 +524,8 @@ def main(argv=None):
     parser.add_argument("--idle", type=int, default=20, help="seconds over which idle engine CPU is measured")
     parser.add_argument("--baseline", help="another playbook directory whose status.yml and rollout.yml are measured too (before/after)")
     parser.add_argument("--no-change", action="store_true", help="skip the one-change rollout")
+    parser.add_argument("--no-outage", action="store_true",
+                        help="skip the two rollouts with the repository stopped once every piece is in the swarm, and the tracker stopped")
     parser.add_argument("--faulty", type=float, default=0.0,
                         help="percent of the hosts taken off the network during the first rollout's download (then a re-run completes them)")
     args = parser.parse_args(argv)
