@@ -116,6 +116,7 @@ class EngineService(object):
             lt.torrent_delete_failed_alert: self._on_delete_failed,
             lt.listen_failed_alert: self._log_error,
             lt.listen_succeeded_alert: self._log_info,
+            lt.session_stats_alert: self._on_session_stats,
         }
         self.torrent_alerts = {
             lt.save_resume_data_alert: self._on_resume_data,
@@ -132,7 +133,8 @@ class EngineService(object):
             lt.fastresume_rejected_alert: self._log_torrent_error,
             lt.tracker_error_alert: self._log_torrent_warning,
         }
-        self.ops = {"add": self.op_add, "status": self.op_status, "move": self.op_move, "remove": self.op_remove, "ping": self.op_ping}
+        self.ops = {"add": self.op_add, "status": self.op_status, "move": self.op_move, "remove": self.op_remove, "ping": self.op_ping,
+                    "stats": self.op_stats}
 
     # ---- the state directory
 
@@ -474,6 +476,9 @@ class EngineService(object):
     def _on_delete_failed(self, alert):
         self._wake("delete", str(alert.info_hashes.v1), alert.message())
 
+    def _on_session_stats(self, alert):
+        self._wake("stats", "session", dict(alert.values))
+
     @staticmethod
     def _log_error(alert):
         LOG.error("%s", alert.message())
@@ -566,6 +571,13 @@ class EngineService(object):
         """Liveness and version."""
         check_fields(request, ())
         return {"ok": True, "engine": "libtorrent", "version": self.lt.__version__, "torrents": len(self._records())}
+
+    def op_stats(self, request):
+        """libtorrent's session counters (``lt.session_stats_metrics()`` names them): what the network thread did."""
+        check_fields(request, ())
+        waiter = self._expect("stats", "session")
+        self.session.post_session_stats()
+        return {"ok": True, "counters": self._wait(waiter, "stats", "session")}
 
     def op_add(self, request):
         """Add a torrent; idempotent for a torrent already present."""

@@ -60,6 +60,8 @@ def session_settings(lt, config):
         "inactivity_timeout": config["inactivity_timeout"],
         "min_reconnect_time": 5,
         "close_redundant_connections": True,
+        # a complete torrent only answers: seeds never dial seeds (docs/engine.md, "An all-seed swarm")
+        "seeding_outgoing_connections": False,
         "allow_multiple_connections_per_ip": False,
         "active_downloads": -1,
         "active_seeds": -1,
