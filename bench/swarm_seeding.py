@@ -40,6 +40,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_tor
 # (column, counter) printed per phase, as the mean increase per engine (gauges: the value at the end of the phase)
 COUNTERS = (
     ("attempts", "peer.connection_attempts"),
+    ("boost", "peer.boost_connection_attempts"),
     ("incoming", "peer.incoming_connections"),
     ("disconn", "peer.disconnected_peers"),
     ("eof", "peer.eof_peers"),
@@ -47,6 +48,7 @@ COUNTERS = (
     ("timeout", "peer.connect_timeouts"),
     ("uninterest", "peer.uninteresting_peers"),
     ("bitfield_in", "ses.num_incoming_bitfield"),
+    ("have_all_in", "ses.num_incoming_have_all"),
     ("pex_in", "ses.num_incoming_pex"),
     ("dht_in", "dht.dht_messages_in"),
     ("tracker_kb", "net.recv_tracker_bytes"),
