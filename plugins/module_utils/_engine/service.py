@@ -106,6 +106,8 @@ class EngineService(object):
         self.stopping = threading.Event()
         self.last_resume = time.time()
         self.idle = False
+        self.dial_until = 0.0       # time.monotonic() until which complete torrents dial out too
+        self.dialling = False       # the session's seeding_outgoing_connections
         # libtorrent writes to alert_pipe when its alert queue stops being empty; requests and stop() write to wake_pipe
         self.alert_pipe = self.wake_pipe = None
         lt = self.lt
@@ -155,6 +157,7 @@ class EngineService(object):
         self.session = lt.session(session_settings(lt, self.config))
         self.session.set_alert_fd(self.alert_pipe[1])
         apply_peer_classes(lt, self.session)
+        self._dial_for_a_while()
         self._load_state_dir()
         self.server = open_server(self.config["socket"], self.handle_request, self._log_crash)
         self.server.timeout = 0     # run() calls handle_request() when select says a connection waits
@@ -210,6 +213,26 @@ class EngineService(object):
         self._apply_connection_limit(record, handle.status())
         return record
 
+    def _dial_for_a_while(self):
+        """Let complete torrents dial peers for ``seed_dial_seconds``: a new or restarted seed reaches the downloaders waiting for it.
+
+        Otherwise complete torrents dial no one: two seeds hang up on each other at the extension handshake,
+        before a bitfield marks either as a seed, so libtorrent would redial every peer every
+        min_reconnect_time, forever (docs/engine.md, "An all-seed swarm").  Downloaders still dial seeds.
+        """
+        seconds = self.config["seed_dial_seconds"]
+        if seconds > 0:
+            with self.lock:
+                self.dial_until = time.monotonic() + seconds
+                self._set_dialling(True)
+
+    def _set_dialling(self, dialling):
+        with self.lock:
+            if dialling != self.dialling:
+                self.session.apply_settings({"seeding_outgoing_connections": dialling})
+                self.dialling = dialling
+                LOG.debug("complete torrents %s", "dial peers for %d s" % self.config["seed_dial_seconds"] if dialling else "dial no one")
+
     def _apply_connection_limit(self, record, status):
         cap = self.config["max_download_peers"]
         if cap and not (status.is_seeding or status.is_finished):
@@ -240,6 +263,9 @@ class EngineService(object):
                 if now >= next_tick:
                     self._set_busy(self._tick())
                     next_tick = now + (IDLE_TICK_SECONDS if self.idle else TICK_SECONDS)
+                    with self.lock:
+                        if self.dialling:       # the periodic work ends the dialling of complete torrents
+                            next_tick = min(next_tick, self.dial_until)
         finally:
             self.shutdown()
 
@@ -346,6 +372,9 @@ class EngineService(object):
             busy = busy or self._busy(record, status)
         if save_all:
             self.last_resume = now
+        with self.lock:
+            if self.dialling and time.monotonic() >= self.dial_until:
+                self._set_dialling(False)
         return busy
 
     @staticmethod
@@ -612,6 +641,8 @@ class EngineService(object):
                 record.completed_at = record.added_at
             self._write_state(record, force=True)
             self._save_resume(record, force=True)
+            if seed_mode:
+                self._dial_for_a_while()
         except BaseException:
             with self.lock:
                 self.torrents.pop(key, None)
