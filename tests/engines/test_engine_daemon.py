@@ -334,7 +334,7 @@ def test_complete_seeds_do_not_redial_each_other(engines, image, tmp_path):
     Two seeds hang up on each other at the extension handshake (both upload-only) before a bitfield marks either
     as a seed, so libtorrent kept them as connect candidates and redialled every min_reconnect_time (5 s): at
     100 seeding hosts that was 2 cores of connect/handshake/disconnect.  Complete torrents no longer dial out
-    (after the ``seed_dial_seconds`` that follow a start or a seed-mode add, 1 s here).
+    (after the ``seed_dial_seconds`` that follow a seed-mode add, 1 s here).
     """
     meta = image["meta"]
     key = meta.info_hash_v1

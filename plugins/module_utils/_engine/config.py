@@ -22,7 +22,7 @@ Keys and defaults:
 - ``resume_interval`` [5]: seconds between resume-data saves of changed torrents (a save also
   follows every ``resume_piece_burst`` [16] verified pieces, completion, moves and SIGTERM).
 - ``seed_dial_seconds`` [30]: complete torrents accept connections but dial none, except for this
-  many seconds after the engine starts and after a seed-mode ``add``, so that a new or restarted
+  many seconds after the engine starts with torrents and after a seed-mode ``add``, so that a new or restarted
   seed reaches the downloaders waiting for it; 0 = never.  See ``docs/engine.md``.
 - ``rotate_interval`` [15]: seconds between checks that replace one useless peer of a downloading
   torrent that is at its ``max_download_peers`` limit.

@@ -157,8 +157,9 @@ class EngineService(object):
         self.session = lt.session(session_settings(lt, self.config))
         self.session.set_alert_fd(self.alert_pipe[1])
         apply_peer_classes(lt, self.session)
-        self._dial_for_a_while()
         self._load_state_dir()
+        if self.torrents:
+            self._dial_for_a_while()        # the swarms' downloaders may have given up on this address
         self.server = open_server(self.config["socket"], self.handle_request, self._log_crash)
         self.server.timeout = 0     # run() calls handle_request() when select says a connection waits
         LOG.info("engine started: libtorrent %s, %d torrents, socket %s", lt.__version__, len(self.torrents), self.config["socket"])
