@@ -319,6 +319,66 @@ def test_downloader_is_connected_to_at_most_max_download_peers(engines, image, t
     assert sha512(str(tmp_path / meta.name)) == image["sha512"]
 
 
+CHURN = ("peer.connection_attempts", "peer.incoming_connections")
+
+
+def churn(engine):
+    """Connections ``engine`` dialled and accepted so far (libtorrent's session counters, the ``stats`` request)."""
+    counters = engine.client.request("stats")["counters"]
+    return sum(counters[name] for name in CHURN)
+
+
+def test_complete_seeds_do_not_redial_each_other(engines, image, tmp_path):
+    """Seeds in a swarm of seeds stay quiet, yet a later leecher downloads from them.
+
+    Two seeds hang up on each other at the extension handshake (both upload-only) before a bitfield marks either
+    as a seed, so libtorrent kept them as connect candidates and redialled every min_reconnect_time (5 s): at
+    100 seeding hosts that was 2 cores of connect/handshake/disconnect.  Complete torrents no longer dial out
+    (after the ``seed_dial_seconds`` that follow a seed-mode add, 1 s here).
+    """
+    meta = image["meta"]
+    key = meta.info_hash_v1
+    origin = engines("origin", "127.0.0.40", seed_dial_seconds=1).start()
+    origin.client.add(meta.data, image["dir"], seed_mode=True)
+    nodes = []
+    for n in range(2):
+        nodes.append(engines("node%d" % n, "127.0.0.%d" % (41 + n), seed_dial_seconds=1).start())
+        (tmp_path / str(n)).mkdir()
+        nodes[-1].client.add(meta.data, str(tmp_path / str(n)))
+    for node in nodes:
+        wait_for("the download", lambda node=node: node.status(key)["state"] == "seeding")
+    everyone = [origin] + nodes
+    time.sleep(3)       # the connections of the download close, the engines stop dialling
+    before = [churn(e) for e in everyone]
+    time.sleep(11)      # more than twice min_reconnect_time
+    assert [churn(e) for e in everyone] == before
+
+    late = engines("late", "127.0.0.43").start()
+    origin.kill(signal.SIGTERM)     # only the seeds that downloaded can serve it
+    (tmp_path / "late").mkdir()
+    late.client.add(meta.data, str(tmp_path / "late"))
+    wait_for("the late download", lambda: late.status(key)["state"] == "seeding", timeout=30)
+    assert sha512(str(tmp_path / "late" / meta.name)) == image["sha512"]
+    wait_for("byte accounting", lambda: late.status(key)["bytes_from_peers"] >= SIZE)
+
+
+def test_seed_added_late_reaches_the_waiting_downloaders(engines, image, tmp_path):
+    """Downloaders that found only each other (and learn of new peers at their next announce, in 30 min) are dialled
+    by a seed that appears later: complete torrents dial for ``seed_dial_seconds`` after a seed-mode add."""
+    meta = image["meta"]
+    key = meta.info_hash_v1
+    waiting = []
+    for n in range(2):
+        waiting.append(engines("waiting%d" % n, "127.0.0.%d" % (44 + n)).start())
+        (tmp_path / str(n)).mkdir()
+        waiting[-1].client.add(meta.data, str(tmp_path / str(n)))
+    wait_for("the downloaders to find each other", lambda: all(w.status(key)["num_peers"] >= 1 for w in waiting))
+    seed = engines("seed", "127.0.0.46").start()
+    seed.client.add(meta.data, image["dir"], seed_mode=True)
+    for node in waiting:
+        wait_for("the download", lambda node=node: node.status(key)["state"] == "seeding", timeout=20)
+
+
 # --------------------------------------------------------------------------- image_sync's transfer and retire on this engine
 
 IMAGE_A = "aa000000-0000-4000-8000-00000000000a"

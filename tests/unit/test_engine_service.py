@@ -36,6 +36,7 @@ ROLE_VARS = os.path.join(ROOT, "roles", "engine", "vars", "main.yml")
 
 def test_config_is_validated(tmp_path):
     assert validate_config({})["max_download_peers"] == 5
+    assert validate_config({"seed_dial_seconds": 0})["seed_dial_seconds"] == 0     # 0: complete torrents never dial
     for raw, reason in [
         ({"bogus": 1}, "unknown keys"),
         ({"socket": "relative.sock"}, "absolute"),
@@ -45,6 +46,7 @@ def test_config_is_validated(tmp_path):
         ({"max_upload_slots": True}, "max_upload_slots must be int"),
         ({"max_upload_slots": 0}, "at least 1"),
         ({"upload_rate_limit": -1}, "out of range"),
+        ({"seed_dial_seconds": -1}, "seed_dial_seconds -1 is out of range"),
         ({"upload_rate_limit": 2 ** 31}, "out of range"),
         ({"listen_interfaces": ["0.0.0.0"]}, "host:port"),
         ({"listen_interfaces": []}, "listen_interfaces is empty"),

@@ -21,6 +21,9 @@ Keys and defaults:
 - ``super_seeding`` [false]: BEP 16 super-seeding for torrents this engine seeds.
 - ``resume_interval`` [5]: seconds between resume-data saves of changed torrents (a save also
   follows every ``resume_piece_burst`` [16] verified pieces, completion, moves and SIGTERM).
+- ``seed_dial_seconds`` [30]: complete torrents accept connections but dial none, except for this
+  many seconds after the engine starts with torrents and after a seed-mode ``add``, so that a new or restarted
+  seed reaches the downloaders waiting for it; 0 = never.  See ``docs/engine.md``.
 - ``rotate_interval`` [15]: seconds between checks that replace one useless peer of a downloading
   torrent that is at its ``max_download_peers`` limit.
 - ``request_timeout`` [10], ``piece_timeout`` [10], ``peer_connect_timeout`` [3],
@@ -57,6 +60,7 @@ DEFAULTS = {
     "resume_interval": 5,
     "resume_piece_burst": 16,
     "rotate_interval": 15,
+    "seed_dial_seconds": 30,
     "request_timeout": 10,
     "piece_timeout": 10,
     "peer_connect_timeout": 3,
@@ -68,7 +72,7 @@ _PATHS = ("socket", "state_dir")
 _BOOLEANS = ("dht", "pex", "super_seeding")
 _ENDPOINT_LISTS = ("listen_interfaces", "dht_bootstrap_nodes")
 _INTEGERS = ("max_download_peers", "max_upload_slots", "connections_limit", "upload_rate_limit", "download_rate_limit",
-             "resume_interval", "resume_piece_burst", "rotate_interval", "request_timeout", "piece_timeout",
+             "resume_interval", "resume_piece_burst", "rotate_interval", "seed_dial_seconds", "request_timeout", "piece_timeout",
              "peer_connect_timeout", "inactivity_timeout")
 _AT_LEAST_ONE = ("max_upload_slots", "connections_limit", "resume_interval", "rotate_interval", "request_timeout",
                  "piece_timeout", "peer_connect_timeout", "inactivity_timeout", "resume_piece_burst")

@@ -31,7 +31,7 @@ from ansible_collections.vmic.fleet.plugins.module_utils.identifiers import HEX4
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-OPS = ("add", "status", "move", "remove", "ping")
+OPS = ("add", "status", "move", "remove", "ping", "stats")
 SOCKET_MODE = 0o600
 CONNECTION_TIMEOUT = 300        # seconds a client connection may stay silent before the server closes it
 _RECV_BYTES = 65536

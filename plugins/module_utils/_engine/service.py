@@ -106,6 +106,8 @@ class EngineService(object):
         self.stopping = threading.Event()
         self.last_resume = time.time()
         self.idle = False
+        self.dial_until = 0.0       # time.monotonic() until which complete torrents dial out too
+        self.dialling = False       # the session's seeding_outgoing_connections
         # libtorrent writes to alert_pipe when its alert queue stops being empty; requests and stop() write to wake_pipe
         self.alert_pipe = self.wake_pipe = None
         lt = self.lt
@@ -116,6 +118,7 @@ class EngineService(object):
             lt.torrent_delete_failed_alert: self._on_delete_failed,
             lt.listen_failed_alert: self._log_error,
             lt.listen_succeeded_alert: self._log_info,
+            lt.session_stats_alert: self._on_session_stats,
         }
         self.torrent_alerts = {
             lt.save_resume_data_alert: self._on_resume_data,
@@ -132,7 +135,8 @@ class EngineService(object):
             lt.fastresume_rejected_alert: self._log_torrent_error,
             lt.tracker_error_alert: self._log_torrent_warning,
         }
-        self.ops = {"add": self.op_add, "status": self.op_status, "move": self.op_move, "remove": self.op_remove, "ping": self.op_ping}
+        self.ops = {"add": self.op_add, "status": self.op_status, "move": self.op_move, "remove": self.op_remove, "ping": self.op_ping,
+                    "stats": self.op_stats}
 
     # ---- the state directory
 
@@ -154,6 +158,8 @@ class EngineService(object):
         self.session.set_alert_fd(self.alert_pipe[1])
         apply_peer_classes(lt, self.session)
         self._load_state_dir()
+        if self.torrents:
+            self._dial_for_a_while()        # the swarms' downloaders may have given up on this address
         self.server = open_server(self.config["socket"], self.handle_request, self._log_crash)
         self.server.timeout = 0     # run() calls handle_request() when select says a connection waits
         LOG.info("engine started: libtorrent %s, %d torrents, socket %s", lt.__version__, len(self.torrents), self.config["socket"])
@@ -208,6 +214,26 @@ class EngineService(object):
         self._apply_connection_limit(record, handle.status())
         return record
 
+    def _dial_for_a_while(self):
+        """Let complete torrents dial peers for ``seed_dial_seconds``: a new or restarted seed reaches the downloaders waiting for it.
+
+        Otherwise complete torrents dial no one: two seeds hang up on each other at the extension handshake,
+        before a bitfield marks either as a seed, so libtorrent would redial every peer every
+        min_reconnect_time, forever (docs/engine.md, "An all-seed swarm").  Downloaders still dial seeds.
+        """
+        seconds = self.config["seed_dial_seconds"]
+        if seconds > 0:
+            with self.lock:
+                self.dial_until = time.monotonic() + seconds
+                self._set_dialling(True)
+
+    def _set_dialling(self, dialling):
+        with self.lock:
+            if dialling != self.dialling:
+                self.session.apply_settings({"seeding_outgoing_connections": dialling})
+                self.dialling = dialling
+                LOG.debug("complete torrents %s", "dial peers for %d s" % self.config["seed_dial_seconds"] if dialling else "dial no one")
+
     def _apply_connection_limit(self, record, status):
         cap = self.config["max_download_peers"]
         if cap and not (status.is_seeding or status.is_finished):
@@ -238,6 +264,9 @@ class EngineService(object):
                 if now >= next_tick:
                     self._set_busy(self._tick())
                     next_tick = now + (IDLE_TICK_SECONDS if self.idle else TICK_SECONDS)
+                    with self.lock:
+                        if self.dialling:       # the periodic work ends the dialling of complete torrents
+                            next_tick = min(next_tick, self.dial_until)
         finally:
             self.shutdown()
 
@@ -344,6 +373,9 @@ class EngineService(object):
             busy = busy or self._busy(record, status)
         if save_all:
             self.last_resume = now
+        with self.lock:
+            if self.dialling and time.monotonic() >= self.dial_until:
+                self._set_dialling(False)
         return busy
 
     @staticmethod
@@ -474,6 +506,9 @@ class EngineService(object):
     def _on_delete_failed(self, alert):
         self._wake("delete", str(alert.info_hashes.v1), alert.message())
 
+    def _on_session_stats(self, alert):
+        self._wake("stats", "session", dict(alert.values))
+
     @staticmethod
     def _log_error(alert):
         LOG.error("%s", alert.message())
@@ -567,6 +602,13 @@ class EngineService(object):
         check_fields(request, ())
         return {"ok": True, "engine": "libtorrent", "version": self.lt.__version__, "torrents": len(self._records())}
 
+    def op_stats(self, request):
+        """libtorrent's session counters (``lt.session_stats_metrics()`` names them): what the network thread did."""
+        check_fields(request, ())
+        waiter = self._expect("stats", "session")
+        self.session.post_session_stats()
+        return {"ok": True, "counters": self._wait(waiter, "stats", "session")}
+
     def op_add(self, request):
         """Add a torrent; idempotent for a torrent already present."""
         check_fields(request, ("torrent", "save_dir"), ("seed_mode",))
@@ -600,6 +642,8 @@ class EngineService(object):
                 record.completed_at = record.added_at
             self._write_state(record, force=True)
             self._save_resume(record, force=True)
+            if seed_mode:
+                self._dial_for_a_while()
         except BaseException:
             with self.lock:
                 self.torrents.pop(key, None)

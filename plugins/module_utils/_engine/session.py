@@ -60,6 +60,9 @@ def session_settings(lt, config):
         "inactivity_timeout": config["inactivity_timeout"],
         "min_reconnect_time": 5,
         "close_redundant_connections": True,
+        # a complete torrent only answers, or seeds redial seeds forever (docs/engine.md, "An all-seed swarm");
+        # the service lets them dial for seed_dial_seconds after a start with torrents or a seed-mode add
+        "seeding_outgoing_connections": False,
         "allow_multiple_connections_per_ip": False,
         "active_downloads": -1,
         "active_seeds": -1,
