@@ -1,6 +1,6 @@
 """`make scale`: the control plane measured on HOSTS light hypervisors (default 450) over real SSH.
 
-    .venv/bin/python tests/scale/scale.py [--hosts 450] [--batch 25] [--forks 50] [--keep-going]
+    .venv/bin/python tests/scale/scale.py [--hosts 450] [--batch 25] [--forks 50] [--keep-going] [--mitogen]
 
 One run, one inventory, one ansible.cfg (tests/scale/ansible.cfg):
 
@@ -202,12 +202,12 @@ class Scale:
         """-i arguments: the booted fleet's hosts, the light hosts, the demo's groups and settings."""
         return ["-i", self.boot.inventory_path, "-i", self.light.inventory_path, "-i", os.path.join(REPO_ROOT, "inventory", "demo")]
 
-    def ansible(self, label, argv, timeout=3600, must_pass=True, watch=None):
-        """Run an ansible command in the controller namespace; returns the Run."""
+    def ansible(self, label, argv, timeout=3600, must_pass=True, watch=None, env=None):
+        """Run an ansible command in the controller namespace (``env``: instead of the run's); returns the Run."""
         timer = os.path.join(self.logs, label + ".tasks.jsonl")
         if os.path.exists(timer):
             os.unlink(timer)
-        env = dict(self.env, SCALE_TIMER_FILE=timer)
+        env = dict(env or self.env, SCALE_TIMER_FILE=timer)
         run = Run(label, self.light.controller_argv(argv), env, os.path.join(self.logs, label + ".log"), timeout, watch=watch)()
         run.tasks = _read_tasks(timer)
         self.results[label] = run
@@ -255,10 +255,14 @@ class Scale:
             if self.args.baseline:
                 self.playbook("baseline-status", "status.yml", directory=self.args.baseline)
                 self.playbook("baseline-noop", "rollout.yml", directory=self.args.baseline)
+            if self.args.mitogen:
+                self.measure_mitogen()
             if not self.args.no_change:
                 self.change()
             if not self.args.no_outage:
                 self.outage()
+            if self.args.mitogen and not self.args.no_change:
+                self.change_mitogen()
         self.results["total_s"] = time.monotonic() - t0
         return self.report(ping, status, noop)
 
@@ -305,7 +309,9 @@ class Scale:
         subprocess.run([sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, "2"], check=True,
                        env=self.env, stdout=subprocess.DEVNULL)
         self.playbook("publish-change", "publish.yml")
+        started = time.time()
         run = self.playbook("change", "rollout.yml", must_pass=False)
+        self.change_timeline(started, run)
         with open(run.log_path, encoding="utf-8", errors="replace") as handle:
             transfers = dict((host, float(seconds)) for host, seconds in TRANSFER_RE.findall(handle.read()))
         self.results["transfers"] = transfers
@@ -313,6 +319,116 @@ class Scale:
         self.results["converged_after_change"] = self.converged_count("status-after-change")
         say("one-change rollout: exit %d, %d host(s) report a transfer, slowest %.1f s" % (
             run.rc, len(transfers), max(transfers.values()) if transfers else float("nan")))
+
+    # -- the one-change rollout over time (tests/scale/plot.py) ------------------------------------------------
+
+    def change_timeline(self, started, run):
+        """Per host, when its engine completed the change's download and when the new image entered its store (seconds
+        since ``started``, the rollout's start), read from the engines and the hosts' stores right after the rollout;
+        the PNG .tmp/scale/change.png of hosts completed over time."""
+        import plot  # pylint: disable=import-outside-toplevel  # tests/scale/plot.py (needs the collection importable)
+        times = plot.fleet_times(started, [(h.name, h.engine_socket_outside, h.path) for h in self.light.hosts])
+        self.results["change_times"] = times
+        for host, value in sorted(times.items()):
+            if value and value.get("error"):
+                say("change timeline: %s: %s" % (host, value["error"]))
+        counts = dict((label, len(plot.completed_curve(times, label)) - 1) for label in ("downloaded", "activated"))
+        say("change timeline: %d host(s) downloaded, %d activated (engines' completion clock, the stores' ctime)" % (
+            counts["downloaded"], counts["activated"]))
+        path = os.path.join(WORK, "change.png")
+        title = "one-change rollout.yml: %d hosts (%s), %s" % (len(self.hosts), plot.machine_size(), time.strftime("%Y-%m-%d %H:%M"))
+        try:
+            width, height = plot.write_png(path, times, len(self.hosts), title, end=run.wall)
+        except ImportError as exc:
+            say("change timeline: no PNG (%s; make scale installs tests/scale/requirements.txt)" % exc)
+            return
+        self.results["change_png"] = path
+        say("change timeline: %s (%dx%d)" % (path, width, height))
+
+    def change_timeline_summary(self):
+        """scale.json's part of the timeline: per host {downloaded, activated} seconds, the PNG's path."""
+        if "change_times" not in self.results:
+            return {}
+        return {"change_hosts": self.results["change_times"], "change_png": self.results.get("change_png")}
+
+    # -- mitogen ---------------------------------------------------------------------------------------------
+
+    def mitogen_env(self):
+        """The run's environment with the strategy mitogen_linear of the installed mitogen (tests/scale/requirements.txt)."""
+        try:
+            import ansible_mitogen  # pylint: disable=import-outside-toplevel
+        except ImportError as exc:
+            raise FleetError("--mitogen: mitogen is not installed in %s (make scale installs tests/scale/requirements.txt): %s" % (
+                VENV_BIN, exc)) from exc
+        strategies = os.path.join(os.path.dirname(ansible_mitogen.__file__), "plugins", "strategy")
+        return dict(self.env, ANSIBLE_STRATEGY_PLUGINS=strategies, ANSIBLE_STRATEGY="mitogen_linear")
+
+    def measure_mitogen(self):
+        """ping, status.yml and the no-op rollout.yml again under mitogen_linear, on the same converged fleet; a second
+        site.yml on the booted hosts (repository, tracker: the light hosts have no systemd) without and with it."""
+        env = self.mitogen_env()
+        ping = [os.path.join(VENV_BIN, "ansible")] + self.inventories() + ["hypervisors", "-m", "ansible.builtin.ping", "-o"]
+        self.ansible("ping-mitogen", ping, env=env, must_pass=False)
+        self.playbook("status-mitogen", "status.yml", env=env, must_pass=False)
+        self.playbook("noop-mitogen", "rollout.yml", env=env, must_pass=False)
+        self.results["converged_mitogen"] = self.converged_count("status-mitogen")
+        self.playbook("site-again", "site.yml", "--limit", "repository:trackers", must_pass=False)
+        self.playbook("site-again-mitogen", "site.yml", "--limit", "repository:trackers", env=env, must_pass=False)
+        for label in ("ping-mitogen", "status-mitogen", "noop-mitogen", "site-again", "site-again-mitogen"):
+            run = self.results[label]
+            if run.rc != 0:
+                say("%s failed (exit %d); end of its output:\n%s" % (label, run.rc, run.tail()))
+
+    def change_mitogen(self):
+        """One more one-change rollout (a new version of the 8 MiB image for every host: demo content stage 5, after the
+        outage rollouts' 3 and 4) under mitogen_linear: image_sync's download and activation, image_info's reads and
+        fleet_wait under mitogen; then status.yml (plain) counts the converged hosts."""
+        subprocess.run([sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, "5"], check=True,
+                       env=self.env, stdout=subprocess.DEVNULL)
+        self.playbook("publish-change-mitogen", "publish.yml")
+        run = self.playbook("change-mitogen", "rollout.yml", env=self.mitogen_env(), must_pass=False)
+        with open(run.log_path, encoding="utf-8", errors="replace") as handle:
+            self.results["transfers_mitogen"] = dict((host, float(seconds)) for host, seconds in TRANSFER_RE.findall(handle.read()))
+        self.playbook("status-after-change-mitogen", "status.yml", must_pass=False)
+        self.results["converged_after_change_mitogen"] = self.converged_count("status-after-change-mitogen")
+        if run.rc != 0:
+            say("change-mitogen failed (exit %d); end of its output:\n%s" % (run.rc, run.tail()))
+
+    def mitogen_fields(self):
+        """[(name, value)] of the scale-mitogen: line ([] without --mitogen): wall times (a failed run: fail), ratios to
+        ping under mitogen, controller CPU, the hosts status.yml under mitogen found converged."""
+        if "ping-mitogen" not in self.results:
+            return []
+        runs = dict((label, self.results.get(label)) for label in ("ping-mitogen", "status-mitogen", "noop-mitogen", "site-again",
+                                                                    "site-again-mitogen"))
+
+        def wall(label):
+            run = runs[label]
+            return "fail" if run.rc != 0 else "%.1f" % run.wall
+
+        def ratio(label):
+            ping = runs["ping-mitogen"]
+            return "%.2f" % (runs[label].wall / ping.wall) if runs[label].rc == 0 and ping.rc == 0 and ping.wall else "na"
+
+        return [
+            ("ping_mitogen", wall("ping-mitogen")), ("status_mitogen", wall("status-mitogen")), ("status_mitogen_ratio", ratio("status-mitogen")),
+            ("noop_mitogen", wall("noop-mitogen")), ("noop_mitogen_ratio", ratio("noop-mitogen")),
+            ("converged_mitogen", "%d/%d" % (self.results["converged_mitogen"], len(self.hosts))),
+            ("site_again", wall("site-again")), ("site_again_mitogen", wall("site-again-mitogen")),
+            ("cpu_ping_mitogen", "%.1f" % runs["ping-mitogen"].cpu), ("cpu_status_mitogen", "%.1f" % runs["status-mitogen"].cpu),
+            ("cpu_noop_mitogen", "%.1f" % runs["noop-mitogen"].cpu),
+        ] + self.change_mitogen_fields()
+
+    def change_mitogen_fields(self):
+        """The scale-mitogen: line's fields of the one-change rollout under mitogen ([] when it did not run)."""
+        run = self.results.get("change-mitogen")
+        if run is None:
+            return []
+        transfers = self.results.get("transfers_mitogen") or {}
+        return [("change_mitogen", "fail" if run.rc != 0 else "%.1f" % run.wall),
+                ("transfer_max_mitogen", "%.1f" % max(transfers.values()) if transfers else "na"),
+                ("converged_after_change_mitogen", "%d/%d" % (self.results["converged_after_change_mitogen"], len(self.hosts))),
+                ("cpu_change_mitogen", "%.1f" % run.cpu)]
 
     # -- rollouts with a part of the site down ----------------------------------------------------------------
 
@@ -438,14 +554,20 @@ class Scale:
             ("tracker_stopped_converged", self.outage_converged("tracker-stopped")),
         ]
         summary = dict(fields)
-        timed = ("status", "noop", "converge", "change", "baseline-status", "baseline-noop")
+        timed = ("status", "noop", "converge", "change", "baseline-status", "baseline-noop", "status-mitogen", "noop-mitogen",
+                 "change-mitogen")
         summary.update({"cpu_s": {label: round(self.results[label].cpu, 1) for label in self.results if isinstance(self.results[label], Run)},
                         "tasks": {label: self.results[label].tasks for label in timed if label in self.results},
                         "transfers": transfers, "converged_before_change": self.results["converged"], "faulty": self.results.get("faulty"),
                         "memory": mem, "light_timings": self.results["light_timings"]})
+        summary.update(self.change_timeline_summary())
         summary["outage"] = self.results.get("outage")
+        mitogen = self.mitogen_fields()
+        summary.update(mitogen)
         with open(os.path.join(WORK, "scale.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=1, sort_keys=True)
+        if mitogen:
+            print("scale-mitogen: hosts=%d %s" % (n, " ".join("%s=%s" % (k, v) for k, v in mitogen)))
         return "scale: " + " ".join("%s=%s" % (k, v) for k, v in fields)
 
     def faulty_converged(self):
@@ -528,6 +650,8 @@ def main(argv=None):
                         help="skip the two rollouts with the repository stopped once every piece is in the swarm, and the tracker stopped")
     parser.add_argument("--faulty", type=float, default=0.0,
                         help="percent of the hosts taken off the network during the first rollout's download (then a re-run completes them)")
+    parser.add_argument("--mitogen", action="store_true",
+                        help="also measure ping, status.yml, the no-op rollout.yml and a second site.yml (repo, tracker) under mitogen_linear")
     args = parser.parse_args(argv)
     if args.hosts < 1 or args.hosts > 3000:
         parser.error("--hosts: 1 to 3000")
