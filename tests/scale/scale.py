@@ -399,8 +399,8 @@ class Scale:
         ping under mitogen, controller CPU, the hosts status.yml under mitogen found converged."""
         if "ping-mitogen" not in self.results:
             return []
-        runs = dict((label, self.results.get(label)) for label in ("ping-mitogen", "status-mitogen", "noop-mitogen", "site-again",
-                                                                    "site-again-mitogen"))
+        labels = ("ping-mitogen", "status-mitogen", "noop-mitogen", "site-again", "site-again-mitogen")
+        runs = dict((label, self.results.get(label)) for label in labels)
 
         def wall(label):
             run = runs[label]
