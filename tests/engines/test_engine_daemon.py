@@ -23,7 +23,7 @@ from urllib.parse import quote_from_bytes
 import pytest
 
 from daemons import DEBIAN_PYTHON, EngineProcess, engine_argv, engine_env, libtorrent_of, planned, sync_plan
-from testfleet.waiting import sha512, wait_for
+from testfleet.waiting import free_port, sha512, wait_for
 
 from ansible_collections.vmic.fleet.plugins.module_utils._engine.protocol import MAX_RESPONSE_BYTES, unix_request
 from ansible_collections.vmic.fleet.plugins.module_utils.engine import STATUS_FIELDS
@@ -377,6 +377,39 @@ def test_seed_added_late_reaches_the_waiting_downloaders(engines, image, tmp_pat
     seed.client.add(meta.data, image["dir"], seed_mode=True)
     for node in waiting:
         wait_for("the download", lambda node=node: node.status(key)["state"] == "seeding", timeout=20)
+
+
+def test_tracker_stopped_and_seed_announced_into_empty_dht_downloads_found(engines, base, tmp_path):
+    """The tracker is down and the seed announced its torrent while its DHT knew no node: the downloaders still
+    find it through the DHT within seconds, not at the next announce 15 minutes later.
+
+    The downloaders start while their bootstrap node (the seed's engine, as a site's repository is) is down, so
+    their routing tables are empty and their own announces go nowhere; the seed has no bootstrap node of its own,
+    announces into an empty table and dials no one (``seed_dial_seconds`` 0).  The engine asks the bootstrap nodes again while its table is empty, announces
+    every torrent when it fills, and a download short of peers looks again every few seconds.
+    """
+    src = tmp_path / "origin"
+    src.mkdir()
+    path = src / "image.img"
+    path.write_bytes(os.urandom(SIZE))
+    dead_tracker = "http://127.0.0.1:%d/announce" % free_port("127.0.0.1")     # nothing listens there
+    meta = torrent_module.make_torrent(str(path), piece_size=PIECE, trackers=[dead_tracker])
+    key = meta.info_hash_v1
+    ips = {"seed": "127.0.0.50", "leech0": "127.0.0.51", "leech1": "127.0.0.52"}
+    endpoint = dict((name, "%s:%d" % (ip, free_port(ip))) for name, ip in ips.items())
+    leechers = []
+    for n in range(2):
+        name = "leech%d" % n
+        leechers.append(engines(name, ips[name], dht=True, dht_bootstrap_nodes=[endpoint["seed"]],
+                                listen_interfaces=[endpoint[name]]).start())
+        (tmp_path / name).mkdir()
+        leechers[-1].client.add(meta.data, str(tmp_path / name))
+    seed = engines("seed", ips["seed"], dht=True, dht_bootstrap_nodes=[], seed_dial_seconds=0,
+                   listen_interfaces=[endpoint["seed"]]).start()
+    seed.client.add(meta.data, str(src), seed_mode=True)
+    for n, node in enumerate(leechers):
+        wait_for("a download through the DHT alone", lambda node=node: node.status(key)["state"] == "seeding", timeout=120)
+        assert sha512(str(tmp_path / ("leech%d" % n) / meta.name)) == sha512(str(path))
 
 
 # --------------------------------------------------------------------------- image_sync's transfer and retire on this engine

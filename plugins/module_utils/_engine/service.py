@@ -25,6 +25,7 @@ import os
 import select
 import threading
 import time
+import warnings
 
 from ansible_collections.vmic.fleet.plugins.module_utils._engine import accounting
 from ansible_collections.vmic.fleet.plugins.module_utils._engine.protocol import (
@@ -44,6 +45,7 @@ WAIT_SECONDS = 25           # longest a request waits for libtorrent to finish a
 TICK_SECONDS = 1.0          # byte accounting, completion, peer rotation and resume saves, while anything transfers
 IDLE_TICK_SECONDS = 30.0    # the same while nothing does (alerts, connections and requests wake the engine at once)
 SHUTDOWN_SECONDS = 10       # longest SIGTERM waits for the resume data of every torrent
+DHT_SECONDS = 10.0          # a download short of peers asks the DHT again, an empty routing table its bootstrap nodes, this often
 MAX_BASE64_TORRENT = (MAX_TORRENT_BYTES + 2) // 3 * 4
 
 
@@ -71,6 +73,7 @@ class TorrentRecord(object):
         self.resume_pending = 0      # save_resume_data requests without an answer yet
         self.state_written = None
         self.last_rotate = time.time()
+        self.last_dht_search = time.time()
         self.rotating = False
         self.last_payload = 0
         self.file_error = None       # last storage error (a full disk does not set the torrent's error code)
@@ -108,6 +111,8 @@ class EngineService(object):
         self.idle = False
         self.dial_until = 0.0       # time.monotonic() until which complete torrents dial out too
         self.dialling = False       # the session's seeding_outgoing_connections
+        self.last_dht_check = 0.0   # time.time() of the last look at the DHT's routing table
+        self.dht_had_nodes = False  # whether the routing table had nodes at that look
         # libtorrent writes to alert_pipe when its alert queue stops being empty; requests and stop() write to wake_pipe
         self.alert_pipe = self.wake_pipe = None
         lt = self.lt
@@ -353,6 +358,7 @@ class EngineService(object):
         now = time.time()
         save_all = now - self.last_resume >= self.config["resume_interval"]
         busy = None
+        self._tend_dht(now)
         for record in self._records():
             if not record.handle.is_valid():
                 continue
@@ -364,6 +370,7 @@ class EngineService(object):
                 self._apply_connection_limit(record, status)
                 self._save_resume(record, force=True)
             self._rotate(record, status, now)
+            self._seek_peers(record, status, now)
             if save_all:
                 self._save_resume(record, status=status)
                 try:
@@ -444,6 +451,46 @@ class EngineService(object):
             LOG.debug("torrent %s: rotating one of %d peers", record.key, status.num_peers)
             record.rotating = True
             record.handle.set_max_connections(cap - 1)
+
+    def _tend_dht(self, now):
+        """Keep the DHT able to stand in for a stopped tracker.
+
+        libtorrent announces a torrent to the DHT when it is added and then every dht_announce_interval (15 min).
+        An engine that started while its bootstrap nodes were down has an empty routing table, and what it
+        announced then went nowhere: with the tracker stopped, downloaders found no one for minutes.  Every
+        ``DHT_SECONDS`` an empty routing table asks the bootstrap nodes again; when it has just filled, every
+        torrent (seeds included) is announced at once.
+        """
+        if not self.config["dht"] or now - self.last_dht_check < DHT_SECONDS:
+            return
+        self.last_dht_check = now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)     # session.status() is the binding's only cheap count
+            nodes = self.session.status().dht_nodes
+        if not nodes:
+            for endpoint in self.config["dht_bootstrap_nodes"]:
+                host, _sep, port = endpoint.rpartition(":")
+                self.session.add_dht_node((host.strip("[]"), int(port)))
+        elif not self.dht_had_nodes:
+            LOG.debug("DHT routing table filled (%d nodes): announcing every torrent", nodes)
+            for record in self._records():
+                if record.handle.is_valid():
+                    record.handle.force_dht_announce()
+        self.dht_had_nodes = bool(nodes)
+
+    def _seek_peers(self, record, status, now):
+        """Ask the DHT again, every ``DHT_SECONDS``, for the peers of a download short of them.
+
+        Downloads that all start at once find no one in their first lookup (nobody has announced yet); without
+        a tracker they would wait for the next announce, 15 minutes later.  A download below its peer limit
+        (no peer at all when there is no limit) looks again.
+        """
+        if not self.config["dht"] or status.is_seeding or status.is_finished:
+            return
+        if status.num_peers >= max(1, self.config["max_download_peers"]) or now - record.last_dht_search < DHT_SECONDS:
+            return
+        record.last_dht_search = now
+        record.handle.force_dht_announce()
 
     # ---- waiting for libtorrent
 
