@@ -95,15 +95,17 @@ def report(name, first, last):
     count = len(first["engines"])
     cpus = []
     for index in range(count):
-        (main0, other0), _ = first["engines"][index]
-        (main1, other1), _ = last["engines"][index]
+        (main0, other0), _counters0 = first["engines"][index]
+        (main1, other1), _counters1 = last["engines"][index]
         cpus.append((100.0 * (main1 - main0) / wall, 100.0 * (other1 - other0) / wall))
     totals = sorted(m + o for m, o in cpus)
     mean = sum(totals) / count
     busy = 100.0 * (last["machine"][0] - first["machine"][0]) / max(1, last["machine"][1] - first["machine"][1])
     print("\n== %s: %.0f s, %d engines" % (name, wall, count))
+    python_share = sum(pair[0] for pair in cpus) / count
+    libtorrent_share = sum(pair[1] for pair in cpus) / count
     print("cpu %% of a core per engine: mean %.3f (python %.3f, libtorrent %.3f), min %.3f, median %.3f, max %.3f"
-          % (mean, sum(m for m, _ in cpus) / count, sum(o for _, o in cpus) / count, totals[0], totals[count // 2], totals[-1]))
+          % (mean, python_share, libtorrent_share, totals[0], totals[count // 2], totals[-1]))
     print("machine: cpu %.0f %% busy (all cores), load average at the end %.2f %.2f %.2f" % ((busy,) + tuple(last["load"])))
     rates = []
     for column, counter in COUNTERS:
@@ -204,9 +206,9 @@ def main(argv=None):
             leecher_s = wait_complete([leecher], keys, 300)
             print("\nlate leecher: every image in %.1f s" % leecher_s)
         load = os.getloadavg()
+        figures = (args.engines, args.torrents, version, download, settle_cpu, steady_cpu, leecher_s, load[0], os.cpu_count())
         print("\nswarm_seeding: engines=%d torrents=%d libtorrent=%s download_s=%.1f settle_cpu_pct=%.3f steady_cpu_pct=%.3f "
-              "leecher_s=%.1f load=%.2f cpus=%d" % (args.engines, args.torrents, version, download, settle_cpu, steady_cpu, leecher_s,
-                                                     load[0], os.cpu_count()))
+              "leecher_s=%.1f load=%.2f cpus=%d" % figures)
     finally:
         for engine in engines + extra:
             engine.cleanup()

@@ -55,6 +55,7 @@ VENV_BIN = os.path.dirname(sys.executable)
 STORE_DIRS = ("/var/lib/vmic/images", "/var/lib/vmic/archive", "/var/lib/vmic/lists")
 CA_DIR = "/etc/grid-security/certificates"
 SITE_CA_FILES = ("/etc/vmic/site-ca.pem", "/usr/local/share/ca-certificates/vmic-site-ca.crt")
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # ControlPersist sockets of this harness's ansible runs: a directory of its own, emptied (masters stopped) at the start
 # and the end of a run, so that a master of an earlier run (to an address a new light host has now) is never reused.
 # A unix socket path has at most 107 bytes: ansible's %C hash is 40.
@@ -190,6 +191,10 @@ class Scale:
             site_ca = handle.read()
         for path in SITE_CA_FILES:
             files[path] = (site_ca, 0o644)
+        # the system bundle as update-ca-certificates (site.yml's trust play) leaves it: the engine's web seeds are
+        # HTTPS URLs of the repository, checked by libtorrent against OpenSSL's default store
+        with open(os.path.join(nspawn.base_root_path(), SYSTEM_CA_BUNDLE.lstrip("/")), "rb") as handle:
+            files[SYSTEM_CA_BUNDLE] = (handle.read().rstrip(b"\n") + b"\n" + site_ca, 0o644)
         hosts_text = "".join("%s\t%s\n" % (h["addr"], h["name"]) for h in state["hosts"])
         self.light = lighthost.LightFleet(FLEET, self.hosts, layout, os.path.join(REPO_ROOT, "plugins", "module_utils"),
                                           attach=state, files=files, dirs=STORE_DIRS, hosts_text=hosts_text,
@@ -648,7 +653,7 @@ def main(argv=None):
     parser.add_argument("--no-change", action="store_true", help="skip the one-change rollout")
     parser.add_argument("--no-outage", action="store_true",
                         help="skip the two rollouts with the repository stopped once every piece is in the swarm, and the tracker stopped")
-    parser.add_argument("--faulty", type=float, default=0.0,
+    parser.add_argument("--faulty", type=float, default=5.0,
                         help="percent of the hosts taken off the network during the first rollout's download (then a re-run completes them)")
     parser.add_argument("--mitogen", action="store_true",
                         help="also measure ping, status.yml, the no-op rollout.yml and a second site.yml (repo, tracker) under mitogen_linear")
