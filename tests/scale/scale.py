@@ -304,7 +304,7 @@ class Scale:
         deadline = time.monotonic() + 120
         while not all(self.light.answers_ssh(name) for name in faulty) and time.monotonic() < deadline:
             time.sleep(1)
-        self.playbook("converge-rerun", "rollout.yml")
+        self.playbook("converge-rerun", "rollout.yml", must_pass=False)   # a host still failing is counted later, not fatal
         self.results["faulty"] = {"hosts": faulty, "first_rc": run.rc, "others_converged": converged, "reported": reported}
 
     def change(self):
