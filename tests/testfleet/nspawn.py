@@ -21,6 +21,7 @@ sharing (ControlPath keyed on the address) never mixes two fleets' hosts.
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import errno
 import fcntl
@@ -787,7 +788,7 @@ def cleanup_from_state(state, progress=None, stop_timeout=20.0):
         progress("fleet %s: removed" % state.get("name"))
 
 
-class FleetArtefacts:
+class FleetArtefacts(abc.ABC):
     """The files a fleet writes in its ``state_dir`` for SSH and Ansible, its hosts by name, and its use as a
     context manager (``create`` on enter, ``destroy`` on exit). Shared by the booted fleet and the light fleet."""
 
@@ -841,13 +842,13 @@ class FleetArtefacts:
         return os.path.join(self.state_dir, "state.json")
 
     # The interface each fleet class implements (NspawnFleet, lighthost.LightFleet); the context manager calls it.
+    @abc.abstractmethod
     def create(self):
-        """Start the fleet (abstract: NspawnFleet and LightFleet define it)."""
-        raise NotImplementedError("%s defines no create()" % type(self).__name__)
+        """Start the fleet."""
 
+    @abc.abstractmethod
     def destroy(self):
-        """Stop the fleet and remove what it made (abstract: NspawnFleet and LightFleet define it)."""
-        raise NotImplementedError("%s defines no destroy()" % type(self).__name__)
+        """Stop the fleet and remove what it made."""
 
     def __enter__(self):
         self.create()
