@@ -1,11 +1,13 @@
 """The demo's disk images (qemu-img) and catalogue sources.
 
-    python demo/make_content.py DEMO_DIR STAGE
+    python demo/make_content.py DEMO_DIR STAGE [MIB]
 
 STAGE 1: three small qcow2 images and two catalogues (endorsers cern-demo and desy-demo).
 STAGE 2: a new version of "Debian base" (alpha v2) replaces v1 in cern-demo's catalogue.
 STAGE N > 2: the same with alpha vN (make scale's further rollouts: a new version each time).
-Images are made from pseudo-random raw data so that every byte has to travel.
+Images are made from pseudo-random raw data so that every byte has to travel; MIB (default 8) is the size of
+the images this run makes (an image made by an earlier run is kept as it is): make scale makes stage 1 with 1 MiB
+images, so that its first rollout to hundreds of hosts moves little data, and later stages at 8 MiB.
 """
 
 import json
@@ -24,14 +26,14 @@ GAMMA = "c3c3c3c3-0000-4000-8000-00000000c003"
 SIZE = 8 * 1024 * 1024
 
 
-def make_image(directory, name, seed):
+def make_image(directory, name, seed, size=SIZE):
     path = os.path.join(directory, name)
     if os.path.exists(path):
         return path
     raw = path + ".raw"
     generator = random.Random(seed)
     with open(raw, "wb") as handle:
-        for _block in range(SIZE // 65536):
+        for _block in range(size // 65536):
             handle.write(generator.randbytes(65536))
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path + ".tmp"], check=True)
     os.rename(path + ".tmp", path)
@@ -49,16 +51,16 @@ def image(identifier, title, name, version, path, os_name, **extra):
     return entry
 
 
-def main(demo, stage):
+def main(demo, stage, size=SIZE):
     images = os.path.join(demo, "images")
     catalogues = os.path.join(demo, "catalogues")
     os.makedirs(images, exist_ok=True)
     os.makedirs(catalogues, exist_ok=True)
     alpha_version = str(stage)
     alpha_name = "debian-base-%s.qcow2" % alpha_version
-    alpha = make_image(images, alpha_name, "alpha-%s" % alpha_version)
-    beta = make_image(images, "sl-worker-1.qcow2", "beta-1")
-    gamma = make_image(images, "test-appliance-1.qcow2", "gamma-1")
+    alpha = make_image(images, alpha_name, "alpha-%s" % alpha_version, size)
+    beta = make_image(images, "sl-worker-1.qcow2", "beta-1", size)
+    gamma = make_image(images, "test-appliance-1.qcow2", "gamma-1", size)
     cern = {
         "list": {"dc:identifier": CERN_LIST, "dc:title": "CERN demo images", "dc:description": "Images endorsed by cern-demo",
                  "dc:source": "https://repo/", "hv:uri": "https://repo/lists/cern-demo.list", "ad:vo": "demo"},
@@ -79,6 +81,7 @@ def main(demo, stage):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or not sys.argv[2].isdigit() or int(sys.argv[2]) < 1:
-        sys.exit("usage: make_content.py DEMO_DIR STAGE (1, 2, ...)")
-    main(os.path.abspath(sys.argv[1]), int(sys.argv[2]))
+    if len(sys.argv) not in (3, 4) or not all(arg.isdigit() and 1 <= int(arg) for arg in sys.argv[2:]) or (
+            len(sys.argv) == 4 and int(sys.argv[3]) > 1024):
+        sys.exit("usage: make_content.py DEMO_DIR STAGE (1, 2, ...) [MIB (1-1024, default 8)]")
+    main(os.path.abspath(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) * 1024 * 1024 if len(sys.argv) == 4 else SIZE)

@@ -412,6 +412,47 @@ def test_tracker_stopped_and_seed_announced_into_empty_dht_downloads_found(engin
         assert sha512(str(tmp_path / ("leech%d" % n) / meta.name)) == sha512(str(path))
 
 
+def dht_counter(engine, name):
+    """libtorrent's session counter ``dht.<name>`` of ``engine`` (the ``stats`` request)."""
+    return engine.client.request("stats")["counters"]["dht." + name]
+
+
+def test_dht_announce_storm_progressing_download_does_not_ask_dht_again(engines, image, tmp_path):
+    """A download that receives data does not look its torrent up in the DHT again, even below its peer limit.
+
+    At 450 hosts every download of a working swarm sat one peer below ``max_download_peers`` (peer rotation
+    keeps it there) and sent an announce traversal every 10 s: about 1000 DHT messages each, a storm of
+    packets on the site's network.  Here a download with one peer (limit 5), slowed by the seed's upload cap,
+    runs for about 30 s with a DHT that knows the seed.  After libtorrent's own announces of a new torrent
+    (the first seconds), it announces to no one for more than ``DHT_SECONDS``: only an announce sends
+    announce_peer (libtorrent's routing-table upkeep sends get_peers of its own).
+    """
+    meta = image["meta"]
+    key = meta.info_hash_v1
+    endpoint = dict((name, "%s:%d" % (ip, free_port(ip))) for name, ip in (("seed", "127.0.0.53"), ("leech", "127.0.0.54")))
+    seed = engines("seed", "127.0.0.53", dht=True, dht_bootstrap_nodes=[], upload_rate_limit=SIZE // 30,
+                   listen_interfaces=[endpoint["seed"]]).start()
+    seed.client.add(meta.data, image["dir"], seed_mode=True)
+    leech = engines("leech", "127.0.0.54", dht=True, dht_bootstrap_nodes=[endpoint["seed"]],
+                    listen_interfaces=[endpoint["leech"]]).start()
+    # the engine announces every torrent once when its routing table first fills (within DHT_SECONDS of its start)
+    wait_for("an answer from the DHT node", lambda: dht_counter(leech, "dht_messages_in") >= 1, timeout=30)
+    time.sleep(11)
+    leech.client.add(meta.data, str(tmp_path))
+    wait_for("data from the seed", lambda: leech.status(key)["total_done"] > 0, timeout=30)
+    time.sleep(7)
+    before = dht_counter(leech, "dht_announce_peer_out")
+    deadline = time.time() + 13
+    while time.time() < deadline:
+        status = leech.status(key)
+        assert status["state"] != "seeding", "the download ended before the end of the window: %r" % status
+        assert status["num_peers"] < 5
+        time.sleep(0.5)
+    assert dht_counter(leech, "dht_announce_peer_out") == before
+    wait_for("the download", lambda: leech.status(key)["state"] == "seeding", timeout=60)
+    assert sha512(str(tmp_path / meta.name)) == image["sha512"]
+
+
 # --------------------------------------------------------------------------- image_sync's transfer and retire on this engine
 
 IMAGE_A = "aa000000-0000-4000-8000-00000000000a"
