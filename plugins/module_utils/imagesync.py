@@ -710,7 +710,7 @@ def _meta(planned, key):
 
 
 def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, timeout=30, poll=1.0, commit=True, owner=None,
-             allow_http=False, fetch=fetch_bytes, wait=True, kept=None):
+             allow_http=False, fetch=fetch_bytes, wait=True, kept=None, linger=0.0):
     """Download and verify every image to add; commit all only when all verified. Returns per-image results.
 
     An image whose bytes (sha512 and size) a held image or another image of this run already has is not
@@ -725,6 +725,8 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     returns at once: the engine downloads on its own into the partial area; nothing is verified or committed
     (a later call with ``commit=True`` waits, verifies every byte and commits). Each result then carries the
     torrent's ``key`` (v1 info-hash), ``size`` and ``total_done`` so that a waiter can follow it in the engine.
+    ``linger`` seconds (at most, never past ``deadline``) it looks again while a download is not finished: one that
+    finishes meanwhile is reported ``downloaded``, and a waiter need not read it again.
 
     With ``kept`` (:class:`KeptCopies`) a download (``commit=False``) keeps every checked torrent there and a commit takes
     the kept one instead of fetching it (checked against the signed list all the same), so that an activation needs no
@@ -770,7 +772,7 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
         if reason:
             failures.append(reason)
     if not wait:
-        return _started(plan, store, engine, leaders, failures, started)
+        return _started(plan, store, engine, leaders, failures, started, min(time.time() + max(0.0, linger), deadline), poll)
     if not failures:
         failures = _wait_downloads(plan, store, engine, leaders, deadline, poll, started)
     if not failures:
@@ -846,12 +848,16 @@ def transfer(plan, store, engine, torrent_module, deadline, https_ca_file=None, 
     return results
 
 
-def _started(plan, store, engine, leaders, failures, started):
-    """The results of a transfer that does not wait: one look at the engine (writing the progress file), then per image
-    its download (``downloading`` or ``downloaded``, with ``key``, ``size`` and ``total_done``) or its source of the
-    same bytes. Raises TransferFailed when the engine refused or lost a torrent (the store is not changed)."""
+def _started(plan, store, engine, leaders, failures, started, until, poll):
+    """The results of a transfer that does not wait: a look at the engine (writing the progress file), again every
+    ``poll`` seconds (at most 0.5) until every download finished or the time is ``until``, then per image its download
+    (``downloading`` or ``downloaded``, with ``key``, ``size`` and ``total_done``) or its source of the same bytes.
+    Raises TransferFailed when the engine refused or lost a torrent (the store is not changed)."""
     pending = [planned for planned in leaders if planned.key is not None]
     if not failures:
+        failures = _poll_downloads(plan, store, engine, pending, started)
+    while pending and not failures and time.time() < until:
+        time.sleep(max(0.0, min(poll, 0.5, until - time.time())))
         failures = _poll_downloads(plan, store, engine, pending, started)
     if failures:
         raise TransferFailed(failures, plan.add)

@@ -138,6 +138,14 @@ options:
         engine (M(vmic.fleet.image_info) RV(vmic.fleet.image_info#module:torrents)).
     type: bool
     default: true
+  linger:
+    description:
+      - With O(wait=false), the module looks at the engine again for at most this many seconds while a download is not
+        finished, then returns. A download that finishes meanwhile is reported V(downloaded), so the rollout need not
+        read that host again (M(vmic.fleet.fleet_wait) counts it done from this result); each host holds its fork that
+        much longer at most. V(0) returns after one look.
+    type: float
+    default: 0
   https_ca_file:
     description: CA bundle to check HTTPS servers with.
     type: path
@@ -480,6 +488,7 @@ def main():
             phase=dict(type="str", choices=["all", "download", "activate"], default="all"),
             timeout=dict(type="int", default=3600),
             wait=dict(type="bool", default=True),
+            linger=dict(type="float", default=0.0),
             https_ca_file=dict(type="path"),
             allow_http=dict(type="bool", default=False),
             allow_legacy_digests=dict(type="bool", default=False),
@@ -489,6 +498,8 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
+    if params["linger"] < 0 or params["linger"] > params["timeout"]:
+        module.fail_json(msg="image_sync: linger must be between 0 and timeout (%d s), not %s" % (params["timeout"], params["linger"]))
     if not params["wait"] and params["phase"] != "download":
         module.fail_json(msg="image_sync: wait=false is for phase=download only (phase %s commits, which needs the downloads)" % params["phase"])
     deadline = time.time() + params["timeout"]
@@ -531,7 +542,7 @@ def main():
             kept.keep_for_activation(verdicts, result["needs_activation"])
         result["images"] = transfer(plan, store, engine, torrent_module, deadline, https_ca_file=params["https_ca_file"],
                                     commit=not downloading, owner=engine_owner(params["engine"]), allow_http=params["allow_http"],
-                                    wait=params["wait"], kept=kept if params["phase"] != "all" else None)
+                                    wait=params["wait"], kept=kept if params["phase"] != "all" else None, linger=params["linger"])
         if not downloading:
             result["retired"], result["in_use"] = retire(plan, store, engine, params["retire"])
             kept.activated(verdicts)

@@ -539,6 +539,28 @@ def test_download_withdrawn_before_activation_discarded_and_not_seeded(engines, 
     assert sha512(image["path"]) == image["sha512"]
 
 
+def test_start_lingers_until_the_download_finished(engines, image, torrent_url, tmp_path):
+    """rollout.yml's download step with ``linger``: it returns as soon as the real engine finished the download (not
+    after the whole linger) and reports it ``downloaded`` with every byte, so fleet_wait counts the host done without
+    reading it; without linger it returns while the (slowed) download still runs."""
+    meta = image["meta"]
+    seed = engines("seed", "127.0.0.26", upload_rate_limit=SIZE // 3).start()
+    seed.client.add(meta.data, image["dir"], seed_mode=True)
+    node = engines("node", "127.0.0.27").start()
+    store = ImageStore(str(tmp_path / "store"))
+    t0 = time.monotonic()
+    results = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1")]), store, node.client, torrent_module, time.time() + 120,
+                       poll=0.2, commit=False, wait=False, allow_http=True, linger=60)
+    assert time.monotonic() - t0 < 30
+    assert [(item["action"], item["total_done"], item["size"]) for item in results] == [("downloaded", SIZE, SIZE)]
+
+    other = engines("other", "127.0.0.28").start()
+    store = ImageStore(str(tmp_path / "other"))
+    results = transfer(sync_plan([planned(image, torrent_url, IMAGE_A, "1")]), store, other.client, torrent_module, time.time() + 120,
+                       poll=0.2, commit=False, wait=False, allow_http=True)
+    assert [item["action"] for item in results] == ["downloading"] and results[0]["total_done"] < SIZE
+
+
 def test_idle_engine_wakes_for_requests_alerts_and_signals(engines, image, tmp_path):
     """An engine with nothing to do sleeps until a client, libtorrent or a signal wakes it.
 

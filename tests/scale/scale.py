@@ -65,6 +65,25 @@ TRANSFER_RE = re.compile(r"\b(hv\d+): \d+ image\(s\), added \d+, transfer ([0-9.
 FLEET_DONE_RE = re.compile(r"\(round \d+\): (\d+)/\d+ hosts done")
 # ansible -o -m find: one line per host with its "matched" count
 PARTIAL_RE = re.compile(r"^(hv\d+) \| SUCCESS => .*\"matched\": (\d+)", re.M)
+# the fleet report's hosts that did not converge, and PLAY RECAP lines of hosts that failed or were unreachable
+REPORTED_FAILED_RE = re.compile(r"\b(hv\d+): (?:FAILED|NOT ACTIVATED|no result)")
+RECAP_RE = re.compile(r"^(hv\d+)\s+: ok=\d+\s+changed=\d+\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+# seconds kept for removing the fleets at the end (450 light hosts: about 25 s, the booted fleet a few)
+TEARDOWN_RESERVE = 120
+
+
+def machine_cpu():
+    """The machine's CPU time so far (/proc/stat, jiffies): (total, busy, softirq)."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values[:8]), sum(values[:8]) - idle, values[6] if len(values) > 6 else 0
+
+
+def loadavg():
+    """The 1-minute load average."""
+    with open("/proc/loadavg", encoding="ascii") as handle:
+        return float(handle.read().split()[0])
 
 
 def say(message):
@@ -87,9 +106,11 @@ class Run:
         self.cpu = None
         self.rc = None
         self.tasks = []
+        self.machine = None         # the machine's CPU during the run: busy and softirq (% of all cores), load average at the end
 
     def __call__(self):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_before = machine_cpu()
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -111,7 +132,13 @@ class Run:
         self.wall = time.monotonic() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        say("%s: exit %d, %.1f s wall, %.1f s controller CPU (log %s)" % (self.label, self.rc, self.wall, self.cpu, self.log_path))
+        cpu_after = machine_cpu()
+        total = max(1, cpu_after[0] - cpu_before[0])
+        self.machine = {"busy_pct": round(100.0 * (cpu_after[1] - cpu_before[1]) / total, 1),
+                        "softirq_pct": round(100.0 * (cpu_after[2] - cpu_before[2]) / total, 1), "load1": loadavg()}
+        say("%s: exit %d, %.1f s wall, %.1f s controller CPU; machine %.0f %% busy (%.0f %% softirq), load %.1f (log %s)" % (
+            self.label, self.rc, self.wall, self.cpu, self.machine["busy_pct"], self.machine["softirq_pct"], self.machine["load1"],
+            self.log_path))
         return self
 
     def tail(self, lines=40):
@@ -129,6 +156,9 @@ class Scale:
         half = (len(self.hosts) + 1) // 2
         self.groups = {"cluster_a": self.hosts[:half], "cluster_b": self.hosts[half:]}
         self.demo_dir = os.path.join(WORK, "demo")
+        self.vars_inventory = os.path.join(WORK, "scale-vars.yml")
+        self.t0 = time.monotonic()
+        self.skipped = []           # steps left out to keep the run within --budget minutes
         self.logs = os.path.join(WORK, "logs")
         self.boot = None
         self.light = None
@@ -152,13 +182,18 @@ class Scale:
         stop_ssh_masters(CONTROL_DIR, progress=say)
 
     def content(self):
-        """The demo's PKI and stage-1 content (three 8 MiB qcow2 images, two catalogues)."""
+        """The demo's PKI and stage-1 content (three qcow2 images of ``--first-mib`` MiB, two catalogues), and the
+        light hosts' inventory variables (``vmic_engine`` with ``--engine-timeout``)."""
         os.makedirs(self.logs, exist_ok=True)
         for argv in ([sys.executable, os.path.join(REPO_ROOT, "demo", "make_pki.py"), os.path.join(self.demo_dir, "pki")],
-                     [sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, "1"]):
+                     [sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, "1", str(self.args.first_mib)]):
             subprocess.run(argv, check=True, env=self.env, stdout=subprocess.DEVNULL)
         # publish.yml keeps its state (versions, hash cache, policy) in the publish dir: start clean.
         shutil.rmtree(os.path.join(self.demo_dir, "publish"), ignore_errors=True)
+        with open(self.vars_inventory, "w", encoding="utf-8") as handle:
+            handle.write("# make scale: inventory variables of its light hypervisors (450 of them share this machine's cores)\n"
+                         "all:\n  children:\n    hypervisors:\n      vars:\n        vmic_engine:\n          kind: libtorrent\n"
+                         "          socket: /run/vmic-engine/engine.sock\n          timeout: %d\n" % self.args.engine_timeout)
 
     def boot_services(self):
         """repo and tracker: booted hosts of the test fleet, in 198.19.0.0/20."""
@@ -205,7 +240,8 @@ class Scale:
 
     def inventories(self):
         """-i arguments: the booted fleet's hosts, the light hosts, the demo's groups and settings."""
-        return ["-i", self.boot.inventory_path, "-i", self.light.inventory_path, "-i", os.path.join(REPO_ROOT, "inventory", "demo")]
+        return ["-i", self.boot.inventory_path, "-i", self.light.inventory_path, "-i", os.path.join(REPO_ROOT, "inventory", "demo"),
+                "-i", self.vars_inventory]
 
     def ansible(self, label, argv, timeout=3600, must_pass=True, watch=None, env=None):
         """Run an ansible command in the controller namespace (``env``: instead of the run's); returns the Run."""
@@ -231,7 +267,7 @@ class Scale:
 
     def run(self):
         """Everything, in order; returns the scale: line."""
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()
         self.cleanup_earlier()
         self.content()
         self.boot_services()
@@ -260,13 +296,13 @@ class Scale:
             if self.args.baseline:
                 self.playbook("baseline-status", "status.yml", directory=self.args.baseline)
                 self.playbook("baseline-noop", "rollout.yml", directory=self.args.baseline)
-            if self.args.mitogen:
+            if self.args.mitogen and self.fits("mitogen measurements", 1.5 * (ping.wall + status.wall + noop.wall) + 180):
                 self.measure_mitogen()
             if not self.args.no_change:
                 self.change()
             if not self.args.no_outage:
                 self.outage()
-            if self.args.mitogen and not self.args.no_change:
+            if self.args.mitogen and not self.args.no_change and self.fits("change-mitogen", self.rollout_estimate()):
                 self.change_mitogen()
         self.results["total_s"] = time.monotonic() - t0
         return self.report(ping, status, noop)
@@ -304,8 +340,15 @@ class Scale:
         deadline = time.monotonic() + 120
         while not all(self.light.answers_ssh(name) for name in faulty) and time.monotonic() < deadline:
             time.sleep(1)
-        self.playbook("converge-rerun", "rollout.yml", must_pass=False)   # a host still failing is counted later, not fatal
-        self.results["faulty"] = {"hosts": faulty, "first_rc": run.rc, "others_converged": converged, "reported": reported}
+        # the operator's re-run: the hosts that failed, as the fleet report and the recap name them (all of them when
+        # the log names none); a host still failing is counted later by status.yml, not fatal here
+        failed = sorted(set(REPORTED_FAILED_RE.findall(text)) | set(
+            host for host, unreachable, failures in RECAP_RE.findall(text) if int(unreachable) or int(failures)) | set(faulty))
+        limit = ["--limit", ",".join(["localhost"] + failed)] if failed and run.rc != 0 else []
+        say("re-running rollout.yml for %s" % ("%d host(s): %s" % (len(failed), ", ".join(failed)) if limit else "every host"))
+        self.playbook("converge-rerun", "rollout.yml", *limit, must_pass=False)
+        self.results["faulty"] = {"hosts": faulty, "first_rc": run.rc, "others_converged": converged, "reported": reported,
+                                  "rerun_hosts": failed if limit else "all"}
 
     def change(self):
         """The one-change rollout: a new version of one 8 MiB image for every host (demo content stage 2), really
@@ -435,6 +478,27 @@ class Scale:
                 ("converged_after_change_mitogen", "%d/%d" % (self.results["converged_after_change_mitogen"], len(self.hosts))),
                 ("cpu_change_mitogen", "%.1f" % run.cpu)]
 
+    # -- the time budget ---------------------------------------------------------------------------------------
+
+    def fits(self, step, estimate):
+        """Whether ``step``, expected to take ``estimate`` seconds, ends within --budget minutes (with the teardown's
+        reserve); a step that does not is left out, named in the output and in scale.json."""
+        elapsed = time.monotonic() - self.t0
+        if elapsed + estimate + TEARDOWN_RESERVE <= self.args.budget * 60:
+            return True
+        say("%s left out: %.0f s so far, about %.0f s more would pass the %d-minute budget (--budget)" % (
+            step, elapsed, estimate, self.args.budget))
+        self.skipped.append(step)
+        return False
+
+    def rollout_estimate(self):
+        """Seconds a publish + rollout.yml + status.yml of one new image take, from the one-change rollout's (or the
+        first rollout's) figures of this run."""
+        runs = [self.results.get(label) for label in ("publish-change", "change", "status-after-change")]
+        if not all(runs):
+            runs = [self.results.get(label) for label in ("publish", "converge", "status")]
+        return sum(run.wall for run in runs if run) + 30
+
     # -- rollouts with a part of the site down ----------------------------------------------------------------
 
     def outage(self):
@@ -444,8 +508,11 @@ class Scale:
         rollout; (b) the tracker's opentracker stopped for the whole rollout (peers from the DHT and PEX, or the web seed). After
         each, status.yml counts the converged hosts and no store may hold a partial file (repo_stopped_converged,
         tracker_stopped_converged)."""
-        self.outage_rollout("repo-stopped", 3, "repo", ("nginx.service", "vmic-engine.service"), when_seeded=True)
-        self.outage_rollout("tracker-stopped", 4, "tracker", ("opentracker.service",), when_seeded=False)
+        ping = self.results["ping"].wall
+        if self.fits("repo-stopped", self.rollout_estimate() + ping):
+            self.outage_rollout("repo-stopped", 3, "repo", ("nginx.service", "vmic-engine.service"), when_seeded=True)
+        if self.fits("tracker-stopped", self.rollout_estimate() + ping):
+            self.outage_rollout("tracker-stopped", 4, "tracker", ("opentracker.service",), when_seeded=False)
 
     def outage_rollout(self, label, stage, host, units, when_seeded):
         """Publish demo content ``stage``, run rollout.yml with ``units`` of booted host ``host`` stopped (``when_seeded``:
@@ -537,7 +604,8 @@ class Scale:
                       "publish-change", "change", "status-after-change"):
             run = self.results.get(label)
             if run:
-                say("%-14s %7.1f s wall %7.1f s controller CPU (%.2f CPU-s per host)" % (label, run.wall, run.cpu, run.cpu / n))
+                say("%-14s %7.1f s wall %7.1f s controller CPU (%.2f CPU-s per host); machine %.0f %% busy, %.0f %% softirq" % (
+                    label, run.wall, run.cpu, run.cpu / n, run.machine["busy_pct"], run.machine["softirq_pct"]))
         for label in ("baseline-status", "baseline-noop"):
             if label in self.results:
                 say("%s (%s): %.1f s, %s x ping" % (label, self.args.baseline, self.results[label].wall, ratio(self.results[label])))
@@ -547,7 +615,8 @@ class Scale:
             slow = sorted(self.results[label].tasks, key=lambda t: -t["seconds"])[:4]
             say("%s, slowest tasks: %s" % (label, "; ".join("%.1f s %s" % (t["seconds"], t["task"]) for t in slow)))
         with open("/proc/loadavg", encoding="ascii") as handle:
-            say("load average: %s; %d CPUs; total %.0f s" % (handle.read().strip(), os.cpu_count(), self.results["total_s"]))
+            say("load average: %s; %d CPUs; total %.0f s%s" % (handle.read().strip(), os.cpu_count(), self.results["total_s"],
+                                                               "; left out for the budget: " + ", ".join(self.skipped) if self.skipped else ""))
         fields = [
             ("hosts", n), ("ping", wall(ping)), ("status", wall(status)), ("status_ratio", ratio(status)),
             ("noop", wall(noop)), ("noop_ratio", ratio(noop)), ("change", wall(change)), ("transfer_max", transfer_max),
@@ -557,14 +626,15 @@ class Scale:
             ("mem_per_host_mb", "%.1f" % (mem["pss_kib_mean"]["total"] / 1024.0)),
             ("repo_stopped_converged", self.outage_converged("repo-stopped")),
             ("tracker_stopped_converged", self.outage_converged("tracker-stopped")),
-        ]
+        ] + ([("left_out", ",".join(self.skipped))] if self.skipped else [])
         summary = dict(fields)
         timed = ("status", "noop", "converge", "change", "baseline-status", "baseline-noop", "status-mitogen", "noop-mitogen",
                  "change-mitogen")
         summary.update({"cpu_s": {label: round(self.results[label].cpu, 1) for label in self.results if isinstance(self.results[label], Run)},
                         "tasks": {label: self.results[label].tasks for label in timed if label in self.results},
                         "transfers": transfers, "converged_before_change": self.results["converged"], "faulty": self.results.get("faulty"),
-                        "memory": mem, "light_timings": self.results["light_timings"]})
+                        "memory": mem, "light_timings": self.results["light_timings"], "left_out": self.skipped,
+                        "machine": {label: self.results[label].machine for label in self.results if isinstance(self.results[label], Run)}})
         summary.update(self.change_timeline_summary())
         summary["outage"] = self.results.get("outage")
         mitogen = self.mitogen_fields()
@@ -655,11 +725,18 @@ def main(argv=None):
                         help="skip the two rollouts with the repository stopped once every piece is in the swarm, and the tracker stopped")
     parser.add_argument("--faulty", type=float, default=5.0,
                         help="percent of the hosts taken off the network during the first rollout's download (then a re-run completes them)")
+    parser.add_argument("--budget", type=int, default=45,
+                        help="minutes the whole run may take: the outage rollouts and the mitogen steps that would pass it are left out")
+    parser.add_argument("--first-mib", type=int, default=1, help="MiB of each image of the first rollout (the one-change image is 8 MiB)")
+    parser.add_argument("--engine-timeout", type=int, default=120,
+                        help="vmic_engine.timeout of the light hypervisors (seconds: 450 engines share this machine's cores)")
     parser.add_argument("--mitogen", action="store_true",
                         help="also measure ping, status.yml, the no-op rollout.yml and a second site.yml (repo, tracker) under mitogen_linear")
     args = parser.parse_args(argv)
     if args.hosts < 1 or args.hosts > 3000:
         parser.error("--hosts: 1 to 3000")
+    if not 1 <= args.first_mib <= 1024 or args.engine_timeout < 1 or args.budget < 1:
+        parser.error("--first-mib: 1 to 1024; --engine-timeout and --budget: at least 1")
     lighthost._stop_on_signals()  # pylint: disable=protected-access
     scale = Scale(args)
     try:

@@ -156,3 +156,28 @@ def test_foreign_owned_held_image_directory_fast_path_bypass_refused(site):  # p
     activate(site)
     assert os.stat(stored.directory).st_uid == 0
     assert not os.path.isdir(os.path.join(site.store.store_dir, PARTIAL, DEBIAN))
+
+
+def test_start_lingers_while_a_download_runs_then_returns_it_downloading(site):  # pylint: disable=redefined-outer-name
+    """With ``linger`` the start looks at the engine again (every poll) until the time is up, then returns the unfinished
+    download as ``downloading``; the store is not touched."""
+    update, before = updated(site, STALL)
+    planned = plan(site)
+    polls = len([call for call in site.engine.calls if call == ("status", None)])
+    t0 = time.monotonic()
+    images = transfer(planned, site.store, site.engine, torrent_module, time.time() + 10, poll=0.05, commit=False, wait=False,
+                      owner=site.owner, fetch=site.repo.fetch, linger=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    assert len([call for call in site.engine.calls if call == ("status", None)]) - polls >= 4
+    assert [(item["identifier"], item["action"], item["key"]) for item in images] == [(DEBIAN, "downloading", update.info_hash_v1)]
+    assert_untouched(site, before, kept={site.partial_path(update): update.data[:len(update.data) // 2]})
+
+
+def test_start_linger_ends_at_the_deadline(site):  # pylint: disable=redefined-outer-name
+    """``linger`` never runs past the step's deadline."""
+    updated(site, STALL)
+    t0 = time.monotonic()
+    images = transfer(plan(site), site.store, site.engine, torrent_module, time.time() + 0.2, poll=0.05, commit=False, wait=False,
+                      owner=site.owner, fetch=site.repo.fetch, linger=30)
+    assert time.monotonic() - t0 < 5
+    assert [item["action"] for item in images] == ["downloading"]
