@@ -185,6 +185,8 @@ class Scale:
         """The demo's PKI and stage-1 content (three qcow2 images of ``--first-mib`` MiB, two catalogues), and the
         light hosts' inventory variables (``vmic_engine`` with ``--engine-timeout``)."""
         os.makedirs(self.logs, exist_ok=True)
+        # make_content.py keeps an image an earlier run made (of whatever size): the first rollout's are made afresh
+        shutil.rmtree(os.path.join(self.demo_dir, "images"), ignore_errors=True)
         for argv in ([sys.executable, os.path.join(REPO_ROOT, "demo", "make_pki.py"), os.path.join(self.demo_dir, "pki")],
                      [sys.executable, os.path.join(REPO_ROOT, "demo", "make_content.py"), self.demo_dir, "1", str(self.args.first_mib)]):
             subprocess.run(argv, check=True, env=self.env, stdout=subprocess.DEVNULL)
