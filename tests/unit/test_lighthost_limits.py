@@ -23,7 +23,7 @@ def test_arp_broadcast_storm_gc_thresh1_raised_so_entries_are_kept(tmp_path):
     template = thresholds(tmp_path, (128, 512, 1024))
     needed = lighthost.neighbour_entries_needed(450)
     changed = lighthost.raise_neighbour_limits(450, thresh=template)
-    assert read(template) == [needed, needed, 2 * needed]
+    assert read(template) == [2 * needed, 2 * needed, 4 * needed]
     assert sorted(changed) == [template % 1, template % 2, template % 3]
 
     state_root = tmp_path / "state"
