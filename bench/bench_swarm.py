@@ -38,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 from testfleet.swarm import HTTP_PORT, HTTPD, Swarm, ensure_collection_path  # noqa: E402  pylint: disable=wrong-import-position
+from testfleet.waiting import machine_jiffies  # noqa: E402  pylint: disable=wrong-import-position
 
 ensure_collection_path()
 
@@ -61,20 +62,12 @@ def t_min(size, nodes, rate_mbit, seed_rate_mbit):
     return max(size / u_s, size / u_i, nodes * size / (u_s + nodes * u_i))
 
 
-def cpu_ticks():
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
-    with open("/proc/stat", "r", encoding="ascii") as handle:
-        fields = [int(x) for x in handle.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
 def run_bittorrent(swarm, meta, deadline):
     """Give every engine the torrent at once; return ({node: seconds}, seed upload, web seed bytes,
     statuses, machine CPU busy fraction during the phase)."""
     swarm.seed(meta)
     swarm.start_peers()
-    cpu0 = cpu_ticks()
+    cpu0 = machine_jiffies()
     t0 = time.time()
     key = swarm.add_everywhere(meta)
     done = {}
@@ -92,7 +85,7 @@ def run_bittorrent(swarm, meta, deadline):
         if time.monotonic() > end:
             raise RuntimeError("bittorrent phase: %d of %d nodes done after %ss" % (len(done), len(swarm.peers), deadline))
         time.sleep(0.25)
-    cpu1 = cpu_ticks()
+    cpu1 = machine_jiffies()
     busy = (cpu1[0] - cpu0[0]) / float(max(1, cpu1[1] - cpu0[1]))
     time.sleep(1.5)  # let the engines' byte counters take their last sample
     seed_up = swarm.seed_node.one(key)["upload_total"]

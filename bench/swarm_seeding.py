@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from engine_idle import MIB, memory  # noqa: E402  pylint: disable=wrong-import-position
 from daemons import EngineProcess  # noqa: E402  pylint: disable=wrong-import-position
 from testfleet.tracker import LOOPBACK, Tracker  # noqa: E402  pylint: disable=wrong-import-position
-from testfleet.waiting import free_port  # noqa: E402  pylint: disable=wrong-import-position
+from testfleet.waiting import free_port, machine_jiffies  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.vmic.fleet.plugins.module_utils.torrent import make_torrent  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -75,17 +75,9 @@ def thread_split(pid):
     return main, stat_seconds("/proc/%d/stat" % pid) - main
 
 
-def machine_busy():
-    """(busy, total) jiffies of the whole machine from /proc/stat."""
-    with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
 def sample(engines):
     """One sample: time, machine jiffies, load and per engine (main cpu, other cpu, counters)."""
-    return {"time": time.monotonic(), "machine": machine_busy(), "load": os.getloadavg(),
+    return {"time": time.monotonic(), "machine": machine_jiffies(), "load": os.getloadavg(),
             "engines": [(thread_split(e.proc.pid), e.client.request("stats")["counters"]) for e in engines]}
 
 

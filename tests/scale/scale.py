@@ -47,6 +47,7 @@ if TESTS not in sys.path:
 from testfleet import lighthost, nspawn  # noqa: E402  pylint: disable=wrong-import-position
 from testfleet.collection import REPO_ROOT, ensure_collection_path  # noqa: E402  pylint: disable=wrong-import-position
 from testfleet.netns import FleetError  # noqa: E402  pylint: disable=wrong-import-position
+from testfleet.waiting import machine_jiffies  # noqa: E402  pylint: disable=wrong-import-position
 
 FLEET = "vmic-scale"
 SUBNET = "198.19.0.0/20"
@@ -70,20 +71,6 @@ REPORTED_FAILED_RE = re.compile(r"\b(hv\d+): (?:FAILED|NOT ACTIVATED|no result)"
 RECAP_RE = re.compile(r"^(hv\d+)\s+: ok=\d+\s+changed=\d+\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 # seconds kept for removing the fleets at the end (450 light hosts: about 25 s, the booted fleet a few)
 TEARDOWN_RESERVE = 120
-
-
-def machine_cpu():
-    """The machine's CPU time so far (/proc/stat, jiffies): (total, busy, softirq)."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    return sum(values[:8]), sum(values[:8]) - idle, values[6] if len(values) > 6 else 0
-
-
-def loadavg():
-    """The 1-minute load average."""
-    with open("/proc/loadavg", encoding="ascii") as handle:
-        return float(handle.read().split()[0])
 
 
 def say(message):
@@ -110,7 +97,7 @@ class Run:
 
     def __call__(self):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu_before = machine_cpu()
+        cpu_before = machine_jiffies()
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
             proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -132,10 +119,10 @@ class Run:
         self.wall = time.monotonic() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        cpu_after = machine_cpu()
-        total = max(1, cpu_after[0] - cpu_before[0])
-        self.machine = {"busy_pct": round(100.0 * (cpu_after[1] - cpu_before[1]) / total, 1),
-                        "softirq_pct": round(100.0 * (cpu_after[2] - cpu_before[2]) / total, 1), "load1": loadavg()}
+        cpu_after = machine_jiffies()
+        total = max(1, cpu_after[1] - cpu_before[1])
+        self.machine = {"busy_pct": round(100.0 * (cpu_after[0] - cpu_before[0]) / total, 1),
+                        "softirq_pct": round(100.0 * (cpu_after[2] - cpu_before[2]) / total, 1), "load1": os.getloadavg()[0]}
         say("%s: exit %d, %.1f s wall, %.1f s controller CPU; machine %.0f %% busy (%.0f %% softirq), load %.1f (log %s)" % (
             self.label, self.rc, self.wall, self.cpu, self.machine["busy_pct"], self.machine["softirq_pct"], self.machine["load1"],
             self.log_path))
